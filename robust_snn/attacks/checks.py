@@ -1,0 +1,104 @@
+"""Sanity checks in the spirit of AutoAttack's ``checks.py`` and Carlini et al.,
+"On Evaluating Adversarial Robustness" (https://arxiv.org/abs/1902.06705).
+
+Pre-run checks warn about a randomized model, a model in training mode and
+all-zero input gradients; post-run checks validate the results.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+TOL_BOUND = 1e-5
+
+
+class RobustnessWarning(UserWarning):
+    """An evaluation result may be unreliable."""
+
+
+def _check(name: str, passed: bool, detail: str) -> Dict[str, Any]:
+    if not passed:
+        warnings.warn(f"sanity check failed: {name}: {detail}", RobustnessWarning, stacklevel=3)
+    return {"name": name, "passed": bool(passed), "detail": detail}
+
+
+def check_model(model: torch.nn.Module, attacked: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eot_samples: int,
+                was_training: bool, gradients: Sequence[Optional[str]] = (None,)) -> List[Dict[str, Any]]:
+    """Checks before attacking: training mode, randomness, zero gradients (for every gradient choice)."""
+    from ..surrogates import use_surrogate
+
+    out = []
+    out.append(_check("model in eval mode", not was_training,
+                      "the model is in training mode (dropout/batch-norm change outputs); call model.eval()"))
+    stochastic = bool(getattr(getattr(model, "encoder", None), "stochastic", False))
+    if stochastic:
+        msg = f"the model is randomized (stochastic encoder); gradients are averaged over {eot_samples} draws (EOT) and accuracy over several forward samples"
+        warnings.warn(msg, RobustnessWarning, stacklevel=2)
+        out.append({"name": "randomized model uses EOT", "passed": eot_samples > 1, "detail": msg})
+        if eot_samples <= 1:
+            _check("randomized model uses EOT", False, "stochastic encoder attacked with --eot-samples 1: gradients are single noisy draws")
+    worst, worst_g = 0.0, None
+    for g in gradients:
+        xg = x.clone().requires_grad_(True)
+        with use_surrogate(model, g), torch.enable_grad():
+            loss = F.cross_entropy(attacked(xg), y)
+            grad = torch.autograd.grad(loss, xg)[0]
+        zero = (grad.flatten(1).abs().sum(1) == 0).float().mean().item()
+        if zero >= worst:
+            worst, worst_g = zero, g
+    out.append(_check("non-zero input gradients", worst == 0.0,
+                      f"{100 * worst:.1f}% of inputs have an all-zero input gradient with gradient {worst_g or 'model'} "
+                      "(gradient masking?); try another --surrogate or the gradient-free square attack"))
+    return out
+
+
+def check_results(results: List[Dict[str, Any]], *, clean_accuracy: float, n: int, eps_zero_accuracy: Optional[float],
+                  stochastic: bool) -> List[Dict[str, Any]]:
+    """Checks after attacking (see module docstring)."""
+    out: List[Dict[str, Any]] = []
+    slack = (2.0 / max(n, 1) + 0.01) if stochastic else 1e-9
+    if eps_zero_accuracy is not None:
+        out.append(_check("eps=0 reproduces clean accuracy", abs(eps_zero_accuracy - clean_accuracy) <= slack,
+                          f"robust accuracy at eps=0 is {100 * eps_zero_accuracy:.2f}%, clean is {100 * clean_accuracy:.2f}%"))
+    bad = [r for r in results if not (r["within_bound"] and r["in_range"])]
+    out.append(_check("perturbations within eps and inside [0, 1]", not bad,
+                      "all adversarial examples respect their budget and the image range" if not bad else
+                      "violations: " + ", ".join(f"{r['attack']}@{r['eps']:g}" for r in bad)))
+    # iterative >= single-step
+    violations = []
+    for r in results:
+        if r["attack"] != "fgsm":
+            continue
+        for s in results:
+            if s["norm"] == "Linf" and s["iterative"] and not s["gradient_free"] and s["eps"] == r["eps"] and s["surrogate"] == r["surrogate"]:
+                if s["robust_accuracy"] > r["robust_accuracy"] + slack:
+                    violations.append(f"{s['attack']}@{s['eps']:g} ({100 * s['robust_accuracy']:.1f}%) > fgsm ({100 * r['robust_accuracy']:.1f}%)")
+    if any(r["attack"] == "fgsm" for r in results):
+        out.append(_check("iterative attacks at least as strong as single-step", not violations,
+                          "ok" if not violations else "; ".join(violations) + " (too few steps or masked gradients?)"))
+    # monotone in eps
+    mono = []
+    by_attack: Dict[tuple, List[Dict[str, Any]]] = {}
+    for r in results:
+        by_attack.setdefault((r["attack"], r["surrogate"]), []).append(r)
+    for (name, _), rows in by_attack.items():
+        rows = sorted(rows, key=lambda r: r["eps"])
+        for a, b in zip(rows, rows[1:]):
+            if b["robust_accuracy"] > a["robust_accuracy"] + slack:
+                mono.append(f"{name}: {100 * a['robust_accuracy']:.1f}% at eps {a['eps']:g} < {100 * b['robust_accuracy']:.1f}% at eps {b['eps']:g}")
+    out.append(_check("robust accuracy non-increasing in eps", not mono, "ok" if not mono else "; ".join(mono)))
+    # gradient-free vs gradient attacks
+    masking = []
+    for r in results:
+        if not r["gradient_free"]:
+            continue
+        grads = [s["robust_accuracy"] for s in results if s["norm"] == r["norm"] and s["eps"] == r["eps"] and not s["gradient_free"] and not s["minimum_norm"]]
+        if grads and r["robust_accuracy"] < min(grads) - max(0.02, slack):
+            masking.append(f"{r['attack']}@{r['eps']:g}: {100 * r['robust_accuracy']:.1f}% vs best gradient attack {100 * min(grads):.1f}%")
+    if any(r["gradient_free"] for r in results):
+        out.append(_check("gradient-free attack not stronger than gradient attacks", not masking,
+                          "ok" if not masking else "; ".join(masking) + " (sign of gradient masking; try --surrogate ensemble)"))
+    return out

@@ -1,0 +1,263 @@
+"""Run attacks over an eps grid and report per-attack and worst-case robust accuracy.
+
+The number that counts is ``worst_case``: a sample is robust at eps only if
+every attack of that norm failed on it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ..errors import RobustSNNError
+from ..evaluation import DEFAULT_STOCHASTIC_SAMPLES
+from ..surrogates import ENSEMBLE, canonical, use_surrogate
+from .checks import TOL_BOUND, check_model, check_results
+from .eot import EOT
+from .registry import AttackSpec, attack_params, build_attack, get_spec
+from ..utils import progress_bar
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EOT_SAMPLES = 8
+DEFAULT_EPS_L2 = (1.5,)
+
+
+def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``logit[y] - max_{k != y} logit[k]``; negative means misclassified for sure."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.clone()
+    other.scatter_(1, y[:, None], float("-inf"))
+    return true - other.max(1).values
+
+
+def _surrogates(surrogate: Optional[str]) -> List[Optional[str]]:
+    if surrogate is None:
+        return [None]
+    if surrogate == "ensemble":
+        return list(ENSEMBLE)
+    return [canonical(surrogate)]
+
+
+def evaluate(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    attacks: Sequence[str] = ("fgsm", "pgd"),
+    eps: Sequence[float] = (0.1,),
+    eps_l2: Optional[Sequence[float]] = None,
+    steps: Optional[int] = None,
+    queries: Optional[int] = None,
+    restarts: int = 1,
+    surrogate: Optional[str] = None,
+    eot_samples: Optional[int] = None,
+    samples: Optional[int] = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    checks: bool = True,
+    progress: bool = False,
+    keep_examples: bool = False,
+) -> Dict[str, Any]:
+    """Attack ``model`` on ``(x, y)`` with every attack at every budget.
+
+    Args:
+        model: a :class:`~robust_snn.models.SpikingClassifier` (or any classifier on [0, 1] images).
+        x: images ``[N, C, H, W]`` in [0, 1].
+        y: labels ``[N]``.
+        attacks: names from :data:`robust_snn.attacks.ATTACKS`.
+        eps: L∞ budgets on the [0, 1] scale (for L∞ attacks).
+        eps_l2: L2 radii for L2 attacks (default 1.5).
+        steps: iterations for iterative attacks (default: per attack).
+        queries: queries for Square.
+        restarts: runs per attack; later runs attack only still-robust samples.
+        surrogate: gradient used by attacks (spec, ``"rate"``, ``"ensemble"``,
+            or ``None`` for the model's own); the forward pass never changes.
+        eot_samples: draws averaged per gradient for stochastic encoders
+            (default 8; ignored for deterministic models).
+        samples: forward draws averaged to judge predictions of stochastic models (default 8).
+        batch_size: images per attack batch.
+        seed: seeds the global RNG and the encoder's generator.
+        checks: run the sanity checks.
+        keep_examples: include ``examples`` (adversarial images per attack/eps) in the result.
+
+    Returns:
+        dict with ``n``, ``clean_accuracy``, ``results`` (one dict per attack and
+        eps), ``worst_case`` (per norm and eps), ``checks`` and settings.
+    """
+    if len(x) != len(y) or len(x) == 0:
+        raise RobustSNNError("need a non-empty set of images and as many labels")
+    if restarts < 1:
+        raise RobustSNNError(f"--restarts must be >= 1, got {restarts}")
+    if batch_size < 1:
+        raise RobustSNNError(f"--batch-size must be >= 1, got {batch_size}")
+    specs = [get_spec(a) for a in attacks]
+    if not specs:
+        raise RobustSNNError("no attack given")
+    eps = [float(e) for e in eps]
+    eps_l2 = [float(e) for e in (eps_l2 if eps_l2 is not None else DEFAULT_EPS_L2)]
+    for e in eps:
+        if not 0.0 <= e <= 1.0 or math.isnan(e):
+            raise RobustSNNError(f"eps must be in [0, 1] (L∞ on the [0, 1] pixel scale), got {e}")
+    for e in eps_l2:
+        if not e >= 0.0:
+            raise RobustSNNError(f"L2 eps must be >= 0, got {e}")
+    if float(x.min()) < 0.0 or float(x.max()) > 1.0:
+        raise RobustSNNError("images must be in [0, 1]")
+    grads = _surrogates(surrogate)
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    stochastic = bool(getattr(getattr(model, "encoder", None), "stochastic", False))
+    eot = int(eot_samples or DEFAULT_EOT_SAMPLES) if stochastic else 1
+    n_eval = int(samples or DEFAULT_STOCHASTIC_SAMPLES) if stochastic else 1
+    if eot < 1 or n_eval < 1:
+        raise RobustSNNError("--eot-samples and --samples must be >= 1")
+    attacked = EOT(model, samples=eot)  # what gradient attacks see
+    judge = EOT(model, samples=n_eval)  # how predictions are judged
+    n_classes = int(getattr(model, "config", {}).get("num_classes", 0) or 0)
+
+    def reseed() -> None:
+        torch.manual_seed(seed)
+        enc = getattr(model, "encoder", None)
+        if enc is not None and hasattr(enc, "reseed"):
+            enc.reseed(seed)
+
+    reseed()
+    x, y = x.cpu(), y.cpu()
+    n = len(x)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        clean_logits = torch.cat([judge(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, n, batch_size)])
+    if not n_classes:
+        n_classes = clean_logits.shape[1]
+    clean_seconds = time.perf_counter() - t0
+    clean_correct = clean_logits.argmax(1) == y
+    clean_acc = clean_correct.float().mean().item()
+
+    check_list: List[Dict[str, Any]] = []
+    if checks:
+        xb, yb = x[:min(n, batch_size)].to(device), y[:min(n, batch_size)].to(device)
+        check_list += check_model(model, attacked, xb, yb, eot_samples=eot, was_training=was_training, gradients=grads)
+
+    results: List[Dict[str, Any]] = []
+    examples: Dict[str, torch.Tensor] = {}
+    robust_masks: Dict[tuple, torch.Tensor] = {}
+    eps_zero_acc: Optional[float] = None
+    jobs = [(spec, e) for spec in specs for e in (eps if spec.norm == "Linf" else eps_l2)]
+    outer = progress_bar(jobs, enabled=progress, desc="attacks")
+    try:
+        for spec, e in outer:
+            outer.set_postfix(attack=spec.name, eps=f"{e:g}")
+            reseed()
+            params = attack_params(spec, steps=steps, queries=queries, seed=seed)
+            t1 = time.perf_counter()
+            x_adv, adv_logits = _attack_all(
+                spec, params, e, model, attacked, judge, x, y, clean_logits, grads=grads, restarts=restarts,
+                batch_size=batch_size, n_classes=n_classes, eot=eot, device=device, progress=progress,
+            )
+            seconds = time.perf_counter() - t1
+            correct = adv_logits.argmax(1) == y
+            delta = (x_adv - x).flatten(1)
+            linf = delta.abs().max(1).values
+            l2 = delta.norm(dim=1)
+            bound = linf if spec.norm == "Linf" else l2
+            row = {
+                "attack": spec.name,
+                "norm": spec.norm,
+                "eps": e,
+                "surrogate": surrogate or "model",
+                "params": {k: v for k, v in params.items()},
+                "restarts": restarts,
+                "eot_samples": eot,
+                "n": n,
+                "clean_accuracy": clean_acc,
+                "robust_accuracy": correct.float().mean().item(),
+                "success_rate": ((clean_correct & ~correct).sum().item() / max(1, clean_correct.sum().item())),
+                "linf_mean": linf.mean().item(),
+                "linf_max": linf.max().item(),
+                "l2_mean": l2.mean().item(),
+                "l2_max": l2.max().item(),
+                "spike_count_change": (adv_logits - clean_logits).abs().sum(1).mean().item(),
+                "seconds": seconds,
+                "img_per_s": n / seconds if seconds > 0 else float("nan"),
+                "within_bound": bool((bound <= e + TOL_BOUND).all().item()),
+                "in_range": bool((x_adv.min() >= 0).item() and (x_adv.max() <= 1).item()),
+                "iterative": spec.iterative,
+                "gradient_free": spec.gradient_free,
+                "minimum_norm": spec.minimum_norm,
+            }
+            results.append(row)
+            key = (spec.norm, e)
+            robust_masks[key] = correct if key not in robust_masks else (robust_masks[key] & correct)
+            if e == 0.0 and spec.norm == "Linf" and eps_zero_acc is None:
+                eps_zero_acc = row["robust_accuracy"]
+            if keep_examples:
+                examples[f"{spec.name}@{e:g}"] = x_adv
+    finally:
+        model.train(was_training)
+
+    worst_case = [
+        {"norm": norm, "eps": e, "robust_accuracy": mask.float().mean().item(), "n": n,
+         "attacks": [r["attack"] for r in results if r["norm"] == norm and r["eps"] == e]}
+        for (norm, e), mask in sorted(robust_masks.items(), key=lambda kv: (kv[0][0] != "Linf", kv[0][0], kv[0][1]))
+    ]
+    if checks:
+        check_list += check_results(results, clean_accuracy=clean_acc, n=n, eps_zero_accuracy=eps_zero_acc, stochastic=stochastic)
+    out: Dict[str, Any] = {
+        "n": n,
+        "clean_accuracy": clean_acc,
+        "clean_seconds": clean_seconds,
+        "stochastic": stochastic,
+        "eot_samples": eot,
+        "eval_samples": n_eval,
+        "surrogate": surrogate or "model",
+        "results": results,
+        "worst_case": worst_case,
+        "checks": check_list,
+        "clean_predictions": clean_logits.argmax(1),
+        "clean_logits": clean_logits,
+    }
+    if keep_examples:
+        out["examples"] = examples
+    return out
+
+
+def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, model, attacked, judge, x, y, clean_logits, *,
+                grads, restarts, batch_size, n_classes, eot, device, progress) -> tuple:
+    """Adversarial examples for all of x (clean-misclassified inputs are left as they are)."""
+    x_adv = x.clone()
+    adv_logits = clean_logits.clone()
+    best_margin = margins(clean_logits, y)
+    todo = torch.nonzero(best_margin.isfinite() & (clean_logits.argmax(1) == y)).squeeze(1)
+    if e == 0.0 or len(todo) == 0:
+        return x_adv, adv_logits
+    target = model if spec.uses_own_eot else attacked
+    atk = build_attack(spec, target, e, params, n_classes=n_classes, eot_samples=eot)
+    for g in grads:
+        with use_surrogate(model, g):
+            for _ in range(restarts):
+                alive = todo[(adv_logits[todo].argmax(1) == y[todo])]
+                if len(alive) == 0:
+                    break
+                for start in progress_bar(range(0, len(alive), batch_size), enabled=progress, desc=f"{spec.name} eps={e:g}"):
+                    idx = alive[start:start + batch_size]
+                    xb, yb = x[idx].to(device), y[idx].to(device)
+                    adv = atk(xb, yb).detach()
+                    if spec.minimum_norm:  # outside the budget: the attack failed
+                        too_far = (adv - xb).flatten(1).norm(dim=1) > e
+                        adv[too_far] = xb[too_far]
+                    with torch.no_grad():
+                        lg = judge(adv).float().cpu()
+                    m = margins(lg, y[idx])
+                    better = (lg.argmax(1) != y[idx]) | (m < best_margin[idx])
+                    better &= ~(adv_logits[idx].argmax(1) != y[idx])  # keep an earlier success
+                    sel = idx[better]
+                    x_adv[sel] = adv.cpu()[better]
+                    adv_logits[sel] = lg[better]
+                    best_margin[sel] = m[better]
+    return x_adv, adv_logits

@@ -1,0 +1,162 @@
+"""Registry of attacks by CLI name, built on torchattacks, with literature defaults.
+
+Every builder takes the model to attack (already wrapped for EOT when its
+encoder is stochastic), the budget ``eps`` (L∞ on the [0, 1] scale, or the
+L2 radius) and keyword overrides, and returns a :class:`torchattacks.Attack`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional
+
+import torch
+import torchattacks
+
+from ..errors import RobustSNNError
+from .cw import CW
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """How to build one attack.
+
+    Attributes:
+        name: CLI name.
+        norm: ``"Linf"`` or ``"L2"``.
+        description: one line for ``robust-snn info``.
+        defaults: default hyperparameters (shown by ``info``).
+        build: ``(model, eps, params, n_classes, eot_samples) -> torchattacks.Attack``.
+        iterative: several gradient steps (vs single-step FGSM).
+        gradient_free: uses only model outputs (masking check).
+        minimum_norm: finds a minimal perturbation (CW, DeepFool); examples
+            beyond the budget count as failures.
+        uses_own_eot: averages gradients over encoder draws itself (EOTPGD),
+            so it gets the unwrapped model.
+        paper: reference.
+    """
+
+    name: str
+    norm: str
+    description: str
+    defaults: Dict[str, Any]
+    build: Callable[..., torchattacks.attack.Attack]
+    iterative: bool = True
+    gradient_free: bool = False
+    minimum_norm: bool = False
+    uses_own_eot: bool = False
+    paper: str = ""
+
+
+def _alpha(eps: float, p: Dict[str, Any]) -> float:
+    return float(p["alpha"]) if p.get("alpha") is not None else float(p["step_scale"]) * eps / int(p["steps"])
+
+
+def _fgsm(model, eps, p, n_classes, eot):
+    return torchattacks.FGSM(model, eps=eps)
+
+
+def _pgd(model, eps, p, n_classes, eot):
+    return torchattacks.PGD(model, eps=eps, alpha=_alpha(eps, p), steps=int(p["steps"]), random_start=bool(p["random_start"]))
+
+
+def _pgdl2(model, eps, p, n_classes, eot):
+    if eps == 0:  # torchattacks' PGDL2 projects with eps / ||delta|| = 0/0 -> NaN images
+        return torchattacks.VANILA(model)
+    return torchattacks.PGDL2(model, eps=eps, alpha=_alpha(eps, p), steps=int(p["steps"]), random_start=bool(p["random_start"]))
+
+
+def _eotpgd(model, eps, p, n_classes, eot):
+    return torchattacks.EOTPGD(
+        model, eps=eps, alpha=_alpha(eps, p), steps=int(p["steps"]), eot_iter=max(1, int(eot)), random_start=bool(p["random_start"])
+    )
+
+
+def _apgd(loss: str) -> Callable[..., torchattacks.attack.Attack]:
+    def build(model, eps, p, n_classes, eot):
+        return torchattacks.APGD(model, norm="Linf", eps=eps, steps=int(p["steps"]), n_restarts=1, seed=int(p["seed"]), loss=loss, rho=0.75)
+
+    return build
+
+
+def _apgdt(model, eps, p, n_classes, eot):
+    return torchattacks.APGDT(model, norm="Linf", eps=eps, steps=int(p["steps"]), n_restarts=1, seed=int(p["seed"]), n_classes=n_classes)
+
+
+def _square(model, eps, p, n_classes, eot):
+    return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=int(p["queries"]), n_restarts=1, p_init=float(p["p_init"]), loss="margin", seed=int(p["seed"]))
+
+
+def _cw(model, eps, p, n_classes, eot):
+    return CW(model, c=float(p["c"]), kappa=float(p["kappa"]), steps=int(p["steps"]), lr=float(p["lr"]),
+              search_steps=int(p["search_steps"]))
+
+
+def _deepfool(model, eps, p, n_classes, eot):
+    return torchattacks.DeepFool(model, steps=int(p["steps"]), overshoot=float(p["overshoot"]))
+
+
+def _autoattack(model, eps, p, n_classes, eot):
+    return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=int(p["seed"]))
+
+
+_PGD_DEFAULTS = {"steps": 20, "step_scale": 2.5, "alpha": None, "random_start": True}
+
+ATTACKS: Dict[str, AttackSpec] = {
+    spec.name: spec
+    for spec in [
+        AttackSpec("fgsm", "Linf", "single-step fast gradient sign", {}, _fgsm, iterative=False,
+                   paper="https://arxiv.org/abs/1412.6572"),
+        AttackSpec("pgd", "Linf", "projected gradient descent, random start", dict(_PGD_DEFAULTS), _pgd,
+                   paper="https://arxiv.org/abs/1706.06083"),
+        AttackSpec("pgdl2", "L2", "PGD in the L2 ball, random start", dict(_PGD_DEFAULTS), _pgdl2,
+                   paper="https://arxiv.org/abs/1706.06083"),
+        AttackSpec("eotpgd", "Linf", "PGD with gradients averaged over encoder draws", dict(_PGD_DEFAULTS), _eotpgd,
+                   uses_own_eot=True, paper="https://arxiv.org/abs/1802.00420"),
+        AttackSpec("apgd", "Linf", "Auto-PGD, cross-entropy loss", {"steps": 100, "seed": 0}, _apgd("ce"),
+                   paper="https://arxiv.org/abs/2003.01690"),
+        AttackSpec("apgd-dlr", "Linf", "Auto-PGD, DLR loss (scale invariant)", {"steps": 100, "seed": 0}, _apgd("dlr"),
+                   paper="https://arxiv.org/abs/2003.01690"),
+        AttackSpec("apgdt", "Linf", "targeted Auto-PGD (DLR), all target classes", {"steps": 100, "seed": 0}, _apgdt,
+                   paper="https://arxiv.org/abs/2003.01690"),
+        AttackSpec("square", "Linf", "Square attack, gradient-free (masking check)", {"queries": 5000, "p_init": 0.8, "seed": 0},
+                   _square, gradient_free=True, paper="https://arxiv.org/abs/1912.00049"),
+        AttackSpec("cw", "L2", "Carlini-Wagner L2 (minimum norm; success only within eps)",
+                   {"steps": 100, "c": 1.0, "kappa": 1.0, "lr": 0.05, "search_steps": 5}, _cw, minimum_norm=True,
+                   paper="https://arxiv.org/abs/1608.04644"),
+        AttackSpec("deepfool", "L2", "DeepFool (minimum norm; success only within eps)", {"steps": 50, "overshoot": 0.02},
+                   _deepfool, minimum_norm=True, paper="https://arxiv.org/abs/1511.04599"),
+        AttackSpec("autoattack", "Linf", "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square", {"seed": 0}, _autoattack,
+                   paper="https://arxiv.org/abs/2003.01690"),
+    ]
+}
+
+
+def get_spec(name: str) -> AttackSpec:
+    """Spec of an attack by CLI name."""
+    key = name.strip().lower()
+    if key not in ATTACKS:
+        raise RobustSNNError(f"unknown attack {name!r}; choose from: {', '.join(ATTACKS)}")
+    return ATTACKS[key]
+
+
+def attack_params(spec: AttackSpec, *, steps: Optional[int] = None, queries: Optional[int] = None, seed: Optional[int] = None) -> Dict[str, Any]:
+    """Defaults of ``spec`` with the run's overrides applied (only where the attack has that knob)."""
+    p = dict(spec.defaults)
+    if steps is not None:
+        if steps < 1:
+            raise RobustSNNError(f"--steps must be >= 1, got {steps}")
+        if "steps" in p:
+            p["steps"] = steps
+    if queries is not None:
+        if queries < 1:
+            raise RobustSNNError(f"--queries must be >= 1, got {queries}")
+        if "queries" in p:
+            p["queries"] = queries
+    if seed is not None and "seed" in p:
+        p["seed"] = seed
+    return p
+
+
+def build_attack(spec: AttackSpec, model: torch.nn.Module, eps: float, params: Dict[str, Any], *, n_classes: int, eot_samples: int = 1):
+    """Instantiate the torchattacks attack for one budget."""
+    return spec.build(model, float(eps), params, n_classes, eot_samples)

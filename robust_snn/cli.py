@@ -1,0 +1,287 @@
+"""``robust-snn`` command line: thin wrappers over the library functions."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import click
+
+from .errors import RobustSNNError
+
+log = logging.getLogger("robust_snn")
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one clear line and exit status 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RobustSNNError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; no partial results were written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _int_list(value: Optional[str], name: str) -> Optional[List[int]]:
+    if value is None:
+        return None
+    try:
+        items = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise RobustSNNError(f"{name} must be comma-separated integers, got {value!r}") from None
+    if not items or any(v < 1 for v in items):
+        raise RobustSNNError(f"{name} must be positive integers, got {value!r}")
+    return items
+
+
+def _command_line() -> str:
+    return "robust-snn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+checkpoint_option = click.option(
+    "--checkpoint", type=click.Path(dir_okay=False), default=None, help="Checkpoint file (default: the shipped checkpoints/csnn-mnist.pt)."
+)
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False), default=None, help="torchvision-layout data root (default: $ROBUST_SNN_DATA or ~/.cache/robust-snn)."
+)
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="robust-snn")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """robust-snn: adversarial robustness of spiking neural networks."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("robust_snn").setLevel(level)
+
+
+@main.command()
+@click.option("--model", "arch", default="csnn", show_default=True, help="csnn, csnn-deep or fcsnn.")
+@click.option("--dataset", default="mnist", show_default=True, help="mnist, fashion-mnist or cifar10.")
+@click.option("--epochs", type=int, default=5, show_default=True)
+@click.option("--num-steps", type=int, default=8, show_default=True, help="Time steps T.")
+@click.option("--encoding", default="direct", show_default=True, help="direct, rate or latency.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Checkpoint to write (.pt).")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--optimizer", default="adam", show_default=True, help="adam, adamw or sgd.")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--scheduler", default="cosine", show_default=True, help="cosine, step or none.")
+@click.option("--loss", default="ce", show_default=True, help="ce (cross-entropy on spike counts) or mse (spike-count MSE).")
+@click.option("--beta", type=float, default=0.5, show_default=True, help="Membrane decay.")
+@click.option("--threshold", type=float, default=1.0, show_default=True)
+@click.option("--reset", "reset_mechanism", default="subtract", show_default=True, help="subtract, zero or none.")
+@click.option("--surrogate", default="fast_sigmoid:slope=25", show_default=True, help="Training surrogate, e.g. atan:alpha=2.")
+@click.option("--dropout", type=float, default=0.0, show_default=True)
+@click.option("--channels", default=None, help="Conv widths, e.g. 32,64 (default: architecture's).")
+@click.option("--hidden", default=None, help="Hidden FC widths, e.g. 512.")
+@click.option("--readout", default="count", show_default=True, help="count (output spike counts) or membrane.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--val-split", type=float, default=0.05, show_default=True, help="Fraction of training data held out.")
+@click.option("--limit", type=int, default=None, help="Use only the first N training images.")
+@click.option("--test-limit", type=int, default=None, help="Evaluate on only the first N test images.")
+@click.option("--resume/--no-resume", default=False, show_default=True, help="Continue an interrupted run.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@data_dir_option
+@device_option
+@_user_errors
+def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, out: str, batch_size: int, lr: float,
+          optimizer: str, weight_decay: float, scheduler: str, loss: str, beta: float, threshold: float,
+          reset_mechanism: str, surrogate: str, dropout: float, channels: Optional[str], hidden: Optional[str],
+          readout: str, seed: int, val_split: float, limit: Optional[int], test_limit: Optional[int], resume: bool,
+          quiet: bool, data_dir: Optional[str], device: str) -> None:
+    """Train a spiking classifier and write a checkpoint with logs and curves."""
+    from .training import TrainSettings, train as train_fn
+
+    model_config = {
+        "arch": arch, "num_steps": num_steps, "encoding": encoding, "beta": beta, "threshold": threshold,
+        "reset_mechanism": reset_mechanism, "surrogate": surrogate, "dropout": dropout,
+        "channels": _int_list(channels, "--channels"), "hidden": _int_list(hidden, "--hidden"), "readout": readout,
+    }
+    settings = TrainSettings(
+        dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+        scheduler=scheduler, loss=loss, seed=seed, val_split=val_split, limit=limit, test_limit=test_limit,
+    )
+    _, metrics = train_fn(model_config, settings, out=out, data_dir=data_dir, device=device, resume=resume,
+                          command=_command_line(), progress=not quiet)
+    click.echo(
+        f"saved {metrics['checkpoint']}: test accuracy {100 * metrics['test_accuracy']:.2f}% "
+        f"(n={metrics['test_n']}), {metrics['train_seconds']:.0f} s training"
+    )
+
+
+@main.command(name="eval")
+@checkpoint_option
+@click.option("--dataset", default=None, help="Dataset (default: the checkpoint's).")
+@click.option("--split", default="test", show_default=True, help="test or train.")
+@click.option("--limit", type=int, default=None, help="Only the first N images.")
+@click.option("--num-steps", type=int, default=None, help="Override T.")
+@click.option("--samples", type=int, default=None, help="Forward samples for stochastic encoders (default 8).")
+@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Write confusion matrix PNG and metrics JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@data_dir_option
+@device_option
+@_user_errors
+def eval_cmd(checkpoint: Optional[str], dataset: Optional[str], split: str, limit: Optional[int], num_steps: Optional[int],
+             samples: Optional[int], batch_size: int, out: Optional[str], as_json: bool, data_dir: Optional[str], device: str) -> None:
+    """Clean accuracy, per-class accuracy and firing rate per layer."""
+    from .checkpoint import load_model
+    from .data import load_split
+    from .evaluation import evaluate_clean
+
+    if samples is not None and samples < 1:
+        raise RobustSNNError(f"--samples must be >= 1, got {samples}")
+    model = load_model(checkpoint, device=device, num_steps=num_steps)
+    ds = dataset or model.config["dataset"]
+    x, y = load_split(ds, split, data_dir=data_dir, limit=limit)
+    res = evaluate_clean(model, x, y, batch_size=batch_size, samples=samples, progress=not as_json)
+    result = {"checkpoint": model.checkpoint_path, "dataset": ds, "split": split, **res}
+    if out:
+        from .plotting import confusion_figure
+        from .utils import save_figure_atomic, write_json_atomic
+        import matplotlib.pyplot as plt
+
+        fig = confusion_figure(res["confusion"], model.config["classes"], title=f"{ds} {split}: accuracy {100 * res['accuracy']:.2f}%")
+        save_figure_atomic(fig, Path(out) / "confusion.png", dpi=110)
+        plt.close(fig)
+        write_json_atomic(Path(out) / "eval.json", result)
+        result["files"] = [str(Path(out) / "confusion.png"), str(Path(out) / "eval.json")]
+    if as_json:
+        _echo_json(result)
+        return
+    click.echo(f"checkpoint: {result['checkpoint']}")
+    click.echo(f"{ds} {split}: n={res['n']}, T={res['num_steps']}, forward samples={res['samples']}")
+    click.echo(f"accuracy: {100 * res['accuracy']:.2f}%  ({res['img_per_s']:.0f} img/s)")
+    click.echo("per-class accuracy: " + ", ".join(f"{k}: {100 * v:.1f}%" for k, v in res["per_class"].items() if v is not None))
+    click.echo("mean firing rate (spikes/neuron/step): " + ", ".join(f"{k} {v:.3f}" for k, v in res["firing_rates"].items()))
+    if out:
+        click.echo(f"wrote {', '.join(result['files'])}")
+
+
+def _float_list(value: Optional[str], name: str) -> Optional[List[float]]:
+    if value is None:
+        return None
+    try:
+        items = [float(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise RobustSNNError(f"{name} must be comma-separated numbers, got {value!r}") from None
+    if not items:
+        raise RobustSNNError(f"{name} is empty")
+    return items
+
+
+@main.command()
+@checkpoint_option
+@click.option("--attack", "attack_names", default="fgsm,pgd", show_default=True, help="Comma-separated attacks (see `robust-snn info`).")
+@click.option("--eps", default="0.1", show_default=True, help="L∞ budgets on the [0, 1] scale, comma-separated.")
+@click.option("--eps-l2", default=None, help="L2 radii for L2 attacks (pgdl2, cw, deepfool), comma-separated (default 1.5).")
+@click.option("--steps", type=int, default=None, help="Iterations of iterative attacks (default: per attack, see info).")
+@click.option("--queries", type=int, default=None, help="Queries of the Square attack (default 5000).")
+@click.option("--restarts", type=int, default=1, show_default=True, help="Runs per attack; later runs attack only still-robust inputs.")
+@click.option("--surrogate", default=None, help="Attack gradient: a surrogate spec, 'rate', or 'ensemble' (default: the model's own).")
+@click.option("--eot-samples", type=int, default=None, help="Encoder draws per gradient for stochastic models (default 8).")
+@click.option("--samples", type=int, default=None, help="Forward draws to judge stochastic models (default 8).")
+@click.option("--dataset", default=None, help="Dataset (default: the checkpoint's).")
+@click.option("--limit", type=int, default=None, help="Only the first N test images (default: all).")
+@click.option("--num-steps", type=int, default=None, help="Override T.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Save adversarial examples, results JSON and a figure here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--checks/--no-checks", default=True, show_default=True, help="Sanity checks (Carlini et al. 2019).")
+@data_dir_option
+@device_option
+@_user_errors
+def attack(checkpoint: Optional[str], attack_names: str, eps: str, eps_l2: Optional[str], steps: Optional[int], queries: Optional[int],
+           restarts: int, surrogate: Optional[str], eot_samples: Optional[int], samples: Optional[int], dataset: Optional[str],
+           limit: Optional[int], num_steps: Optional[int], batch_size: int, seed: int, out: Optional[str], as_json: bool,
+           checks: bool, data_dir: Optional[str], device: str) -> None:
+    """Attack a checkpoint through surrogate gradients and report robust accuracy."""
+    import warnings
+
+    import torch
+
+    from .attacks import evaluate
+    from .attacks.checks import RobustnessWarning
+    from .checkpoint import load_model
+    from .data import load_split
+    from .reporting import format_table, json_ready, save_attack_outputs
+    from .surrogates import parse_spec
+
+    names = [a.strip() for a in attack_names.split(",") if a.strip()]
+    eps_list = _float_list(eps, "--eps")
+    eps_l2_list = _float_list(eps_l2, "--eps-l2")
+    if surrogate is not None and surrogate != "ensemble":
+        parse_spec(surrogate)
+    model = load_model(checkpoint, device=device, num_steps=num_steps)
+    ds = dataset or model.config["dataset"]
+    x, y = load_split(ds, "test", data_dir=data_dir, limit=limit)
+    torch.manual_seed(seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RobustnessWarning)
+        result = evaluate(model, x, y, attacks=names, eps=eps_list, eps_l2=eps_l2_list, steps=steps, queries=queries,
+                          restarts=restarts, surrogate=surrogate, eot_samples=eot_samples, samples=samples,
+                          batch_size=batch_size, seed=seed, checks=checks, progress=not as_json, keep_examples=out is not None)
+    summary = json_ready(result, checkpoint=model.checkpoint_path, dataset=ds, split="test", num_steps=model.num_steps,
+                         command=_command_line())
+    if out:
+        summary["files"] = save_attack_outputs(out, result, indices=torch.arange(len(x)), x=x, y=y, model=model, summary=summary)
+    if as_json:
+        _echo_json(summary)
+        return
+    for w in caught:
+        if issubclass(w.category, RobustnessWarning):
+            click.echo(f"warning: {w.message}", err=True)
+    click.echo(f"checkpoint: {model.checkpoint_path}  ({ds} test, T={model.num_steps})")
+    click.echo(format_table(result))
+    if out:
+        click.echo(f"wrote {', '.join(summary['files'])}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_user_errors
+def info(as_json: bool) -> None:
+    """Models, encoders, surrogates, attacks and the default checkpoint."""
+    from .info import gather_info
+
+    data = gather_info()
+    if as_json:
+        _echo_json(data)
+        return
+    click.echo("models:     " + ", ".join(data["models"]))
+    click.echo("encoders:   " + ", ".join(f"{k}{' (stochastic)' if v['stochastic'] else ''}" for k, v in data["encoders"].items()))
+    click.echo("datasets:   " + ", ".join(data["datasets"]))
+    click.echo("surrogates: " + ", ".join(data["surrogates"]) + "; attack-only: " + ", ".join(data["attack_gradients"]))
+    if data.get("attacks"):
+        click.echo("attacks:")
+        for name, a in data["attacks"].items():
+            click.echo(f"  {name:<11} {a['norm']:<4} {a['description']}  defaults: {a['defaults']}")
+    d = data["default_checkpoint"]
+    if d.get("path"):
+        acc = d.get("test_accuracy")
+        acc_s = f"{100 * acc:.2f}% clean on {d.get('test_n')} test images" if acc is not None else "accuracy unknown"
+        click.echo(f"default checkpoint: {d['path']} ({d.get('arch')}, T={d.get('num_steps')}, {d.get('encoding')}; {acc_s})")
+    else:
+        click.echo(f"default checkpoint: not installed ({d.get('error')})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

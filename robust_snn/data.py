@@ -1,0 +1,199 @@
+"""Datasets as in-memory tensors: images ``[N, C, H, W]`` float in [0, 1], labels ``[N]`` int64.
+
+Lookup order for a split: the data directory (``--data-dir``, else the
+``ROBUST_SNN_DATA`` environment variable, else ``~/.cache/robust-snn``) in
+torchvision's layout (``MNIST/raw/...``); for the MNIST test split the copy
+bundled with the package (MNIST, LeCun, Cortes and Burges, CC BY-SA 3.0);
+finally torchvision's download, if allowed.
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .errors import RobustSNNError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "data"
+ENV_VAR = "ROBUST_SNN_DATA"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    folder: str  # torchvision class name / folder
+    in_channels: int
+    image_size: Tuple[int, int]
+    classes: Tuple[str, ...]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+
+
+DATASETS: Dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo("mnist", "MNIST", 1, (28, 28), tuple(str(i) for i in range(10)), (0.1307,), (0.3081,)),
+    "fashion-mnist": DatasetInfo(
+        "fashion-mnist", "FashionMNIST", 1, (28, 28),
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        (0.2860,), (0.3530,),
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10", "CIFAR10", 3, (32, 32),
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+    ),
+}
+
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Static facts (shape, classes, normalization) of a dataset by name."""
+    if name not in DATASETS:
+        raise RobustSNNError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def default_data_dir() -> Path:
+    """``$ROBUST_SNN_DATA`` if set, else ``~/.cache/robust-snn``."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "robust-snn"
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) into a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise RobustSNNError(f"cannot read {path}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise RobustSNNError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise RobustSNNError(f"{path} is truncated or corrupt ({arr.size} values, header says {dims})")
+    return arr.reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Optional[Path]:
+    for cand in (folder / stem, folder / f"{stem}.gz"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _load_idx_split(folder: Path, split: str) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    img_stem, lbl_stem = _IDX_FILES[split]
+    img, lbl = _find_idx(folder, img_stem), _find_idx(folder, lbl_stem)
+    if img is None or lbl is None:
+        return None
+    images = read_idx(img)
+    labels = read_idx(lbl)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise RobustSNNError(f"IDX files in {folder} do not form an image/label pair")
+    x = torch.from_numpy(images.copy()).unsqueeze(1).float().div_(255.0)
+    y = torch.from_numpy(labels.astype(np.int64))
+    return x, y
+
+
+def bundled_test_split() -> Tuple[torch.Tensor, torch.Tensor]:
+    """The 10k MNIST test images and labels shipped inside the package."""
+    found = _load_idx_split(BUNDLED_DIR, "test")
+    if found is None:
+        raise RobustSNNError(f"the bundled MNIST test split is missing from {BUNDLED_DIR}; reinstall robust-snn")
+    return found
+
+
+def load_split(
+    dataset: str = "mnist",
+    split: str = "test",
+    *,
+    data_dir: Optional[str | os.PathLike] = None,
+    download: bool = True,
+    limit: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Load one split as tensors.
+
+    Args:
+        dataset: ``mnist``, ``fashion-mnist`` or ``cifar10``.
+        split: ``train`` or ``test``.
+        data_dir: torchvision-layout root; default :func:`default_data_dir`.
+        download: allow torchvision to download when nothing local is found.
+        limit: keep only the first ``limit`` examples.
+
+    Returns:
+        ``(x, y)`` with ``x`` ``[N, C, H, W]`` float in [0, 1] and ``y`` ``[N]`` int64.
+    """
+    info = dataset_info(dataset)
+    if split not in ("train", "test"):
+        raise RobustSNNError(f"unknown split {split!r}; use 'train' or 'test'")
+    if limit is not None and limit < 1:
+        raise RobustSNNError(f"--limit must be a positive number, got {limit}")
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    found = None
+    if info.folder in ("MNIST", "FashionMNIST"):
+        found = _load_idx_split(root / info.folder / "raw", split)
+        if found is None and dataset == "mnist" and split == "test":
+            found = bundled_test_split()
+            log.info("using the MNIST test split bundled with robust-snn")
+    if found is None:
+        found = _torchvision_split(info, root, split, download)
+    x, y = found
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    return x, y
+
+
+def _torchvision_split(info: DatasetInfo, root: Path, split: str, download: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, info.folder)
+    hint = (
+        f"no {info.name} {split} split under {root}; pass --data-dir (or set {ENV_VAR}) to a "
+        f"torchvision-layout root containing {info.folder}/"
+    )
+    try:
+        ds = cls(root=str(root), train=(split == "train"), download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True ..."
+        raise RobustSNNError(hint + ("" if download else ", or allow downloading")) from None
+    except Exception as e:  # network failures during download
+        raise RobustSNNError(f"{hint} (download failed: {type(e).__name__}: {e})") from None
+    data = ds.data
+    data = torch.as_tensor(np.asarray(data))
+    if data.dim() == 3:
+        data = data.unsqueeze(1)
+    else:  # CIFAR: N, H, W, C
+        data = data.permute(0, 3, 1, 2)
+    x = data.float().div_(255.0).contiguous()
+    y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
+    return x, y
+
+
+def split_validation(
+    x: torch.Tensor, y: torch.Tensor, fraction: float, *, seed: int = 0
+) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Optional[Tuple[torch.Tensor, torch.Tensor]]]:
+    """Deterministically hold out ``fraction`` of (x, y) for validation."""
+    if not 0.0 <= fraction < 1.0:
+        raise RobustSNNError(f"validation fraction must be in [0, 1), got {fraction}")
+    n_val = int(round(len(x) * fraction))
+    if n_val == 0:
+        return (x, y), None
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    val, tr = perm[:n_val], perm[n_val:]
+    return (x[tr], y[tr]), (x[val], y[val])
+
+
+def batches(n: int, batch_size: int, *, shuffle: bool = False, generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
+    """Index batches over ``range(n)``."""
+    idx = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    return list(idx.split(batch_size))

@@ -1,0 +1,43 @@
+"""What this installation offers (``robust-snn info``)."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from .data import DATASETS
+from .encoders import ENCODERS
+from .errors import RobustSNNError
+from .models import ARCHITECTURES
+from .surrogates import SPECIAL_GRADIENTS, SURROGATES, canonical
+
+
+def gather_info() -> Dict[str, Any]:
+    """Models, encoders, datasets, surrogates, attacks and the default checkpoint."""
+    from .checkpoint import default_checkpoint, read_checkpoint
+
+    data: Dict[str, Any] = {
+        "models": list(ARCHITECTURES),
+        "encoders": {k: {"stochastic": v.stochastic} for k, v in ENCODERS.items()},
+        "datasets": list(DATASETS),
+        "surrogates": [canonical(k) for k in SURROGATES],
+        "attack_gradients": list(SPECIAL_GRADIENTS) + ["ensemble"],
+    }
+    try:
+        from .attacks.registry import ATTACKS
+
+        data["attacks"] = {
+            name: {"norm": spec.norm, "description": spec.description, "defaults": dict(spec.defaults)}
+            for name, spec in ATTACKS.items()
+        }
+    except ImportError:  # pragma: no cover - attacks subpackage always ships
+        data["attacks"] = {}
+    try:
+        path = default_checkpoint()
+        payload = read_checkpoint(path)
+        cfg, metrics = payload["config"], payload.get("metrics", {})
+        data["default_checkpoint"] = {
+            "path": str(path), "arch": cfg.get("arch"), "num_steps": cfg.get("num_steps"),
+            "encoding": cfg.get("encoding"), "test_accuracy": metrics.get("test_accuracy"), "test_n": metrics.get("test_n"),
+        }
+    except RobustSNNError as e:
+        data["default_checkpoint"] = {"path": None, "error": str(e)}
+    return data

@@ -1,0 +1,294 @@
+"""The model contract (:class:`SpikingClassifier`) and the model zoo.
+
+``SpikingClassifier.forward(x)`` takes images ``[B, C, H, W]`` in [0, 1] and
+returns logits ``[B, K]`` (output spike counts by default), starting from
+reset neuron state on every call, normalizing inside the model. Any PyTorch
+tool, torchattacks included, can attack it unchanged.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .encoders import Encoder, make_encoder
+from .errors import RobustSNNError
+from .neurons import LIF
+from .surrogates import canonical
+
+ARCHITECTURES = ("csnn", "csnn-deep", "fcsnn")
+READOUTS = ("count", "membrane")
+
+#: Defaults for every config key; a checkpoint stores the full, filled-in config.
+DEFAULT_CONFIG: Dict[str, Any] = {
+    "arch": "csnn",
+    "in_channels": 1,
+    "image_size": [28, 28],
+    "num_classes": 10,
+    "classes": [str(i) for i in range(10)],
+    "dataset": "mnist",
+    "channels": None,  # arch default
+    "hidden": None,  # arch default
+    "beta": 0.5,
+    "threshold": 1.0,
+    "reset_mechanism": "subtract",
+    "surrogate": "fast_sigmoid:slope=25",
+    "encoding": "direct",
+    "num_steps": 8,
+    "readout": "count",
+    "dropout": 0.0,
+    "mean": [0.1307],
+    "std": [0.3081],
+}
+
+ARCH_DEFAULTS = {
+    "csnn": {"channels": [32, 64], "hidden": [512]},
+    "csnn-deep": {"channels": [32, 64, 64, 128], "hidden": [256]},
+    "fcsnn": {"channels": [], "hidden": [512, 256]},
+}
+
+
+def full_config(**overrides: Any) -> Dict[str, Any]:
+    """Fill in defaults (including architecture widths) and validate a model config."""
+    unknown = set(overrides) - set(DEFAULT_CONFIG)
+    if unknown:
+        raise RobustSNNError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    if cfg["arch"] not in ARCHITECTURES:
+        raise RobustSNNError(f"unknown model {cfg['arch']!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    for key in ("channels", "hidden"):
+        if cfg[key] is None:
+            cfg[key] = list(ARCH_DEFAULTS[cfg["arch"]][key])
+        cfg[key] = [int(v) for v in cfg[key]]
+    if cfg["arch"] == "csnn" and len(cfg["channels"]) != 2:
+        raise RobustSNNError("csnn takes exactly 2 channel widths, e.g. --channels 32,64")
+    if cfg["arch"] == "csnn-deep" and len(cfg["channels"]) != 4:
+        raise RobustSNNError("csnn-deep takes exactly 4 channel widths, e.g. --channels 32,64,64,128")
+    if cfg["readout"] not in READOUTS:
+        raise RobustSNNError(f"unknown readout {cfg['readout']!r}; choose one of: {', '.join(READOUTS)}")
+    if not 0.0 <= float(cfg["beta"]) <= 1.0:
+        raise RobustSNNError(f"beta must be in [0, 1], got {cfg['beta']}")
+    if float(cfg["threshold"]) <= 0:
+        raise RobustSNNError(f"threshold must be positive, got {cfg['threshold']}")
+    if int(cfg["num_steps"]) < 1:
+        raise RobustSNNError(f"num_steps must be >= 1, got {cfg['num_steps']}")
+    if not 0.0 <= float(cfg["dropout"]) < 1.0:
+        raise RobustSNNError(f"dropout must be in [0, 1), got {cfg['dropout']}")
+    make_encoder(cfg["encoding"])  # validates the name
+    cfg["surrogate"] = canonical(cfg["surrogate"])
+    if cfg["surrogate"] == "rate":
+        raise RobustSNNError("'rate' is an attack gradient mode, not a training surrogate")
+    cfg["image_size"] = [int(v) for v in cfg["image_size"]]
+    cfg["num_classes"] = int(cfg["num_classes"])
+    cfg["num_steps"] = int(cfg["num_steps"])
+    if len(cfg["classes"]) != cfg["num_classes"]:
+        cfg["classes"] = [str(i) for i in range(cfg["num_classes"])]
+    return cfg
+
+
+@dataclass
+class Recording:
+    """Per-layer traces from ``model(x, record=True)``.
+
+    Attributes:
+        names: layer names, input to output.
+        spikes: list of ``[T, B, ...]`` spike trains, one per LIF layer.
+        mems: list of ``[T, B, ...]`` membrane potentials, one per LIF layer.
+        input_seq: ``[T, B, C, H, W]`` encoded input (for direct encoding the
+            input current before the first layer, i.e. the normalized image).
+    """
+
+    names: List[str]
+    spikes: List[torch.Tensor]
+    mems: List[torch.Tensor]
+    input_seq: torch.Tensor
+
+
+class Stage(nn.Module):
+    """Stateless layers followed by one LIF layer."""
+
+    def __init__(self, layers: Sequence[nn.Module], lif: LIF) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*layers)
+        self.lif = lif
+
+
+class SpikingClassifier(nn.Module):
+    """A spiking classifier with the robust-snn contract.
+
+    ``forward(x)`` takes images in [0, 1] and returns logits; every call
+    starts from reset state. Simulation is layer by layer: stateless layers
+    run once on ``[T*B, ...]``, only the LIF recurrence loops over time; with
+    a static (direct) encoder the first stateless block runs once.
+
+    Args:
+        config: a model config (see :func:`full_config`).
+
+    Shape:
+        - Input: ``[B, C, H, W]`` in [0, 1].
+        - Output: ``[B, K]`` logits (output spike counts, or mean output
+          membrane potential with ``readout="membrane"``).
+    """
+
+    def __init__(self, config: Dict[str, Any]) -> None:
+        super().__init__()
+        self.config = full_config(**config)
+        cfg = self.config
+        self.num_steps = cfg["num_steps"]
+        self.readout = cfg["readout"]
+        self.encoder: Encoder = make_encoder(cfg["encoding"])
+        c = cfg["in_channels"]
+        self.register_buffer("mean", torch.tensor(cfg["mean"], dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg["std"], dtype=torch.float32).view(1, -1, 1, 1))
+        if self.mean.numel() not in (1, c) or self.std.numel() not in (1, c):
+            raise RobustSNNError("mean/std must have 1 or in_channels entries")
+        self.stages = nn.ModuleList(_build_stages(cfg))
+        self.stage_names = [name for name, _ in _stage_plan(cfg)]
+
+    # -- helpers -------------------------------------------------------------------------
+    @property
+    def lif_layers(self) -> List[LIF]:
+        """All LIF layers, input to output."""
+        return [m for m in self.modules() if isinstance(m, LIF)]
+
+    def reset_state(self) -> None:
+        """Clear neuron state of every LIF layer (walks ``self.modules()``)."""
+        for m in self.modules():
+            if isinstance(m, LIF):
+                m.last_mem = None
+                m.neuron.mem = torch.zeros(0, device=m.neuron.mem.device)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalization for direct encoding (rate/latency encode the raw [0, 1] image)."""
+        if self.encoder.static:
+            return (x - self.mean) / self.std
+        return x
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        cfg = self.config
+        expected = (cfg["in_channels"], *cfg["image_size"])
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise RobustSNNError(f"expected input of shape [B, {', '.join(map(str, expected))}], got {list(x.shape)}")
+
+    # -- simulation ----------------------------------------------------------------------
+    def forward(
+        self, x: torch.Tensor, *, num_steps: Optional[int] = None, record: bool = False
+    ) -> torch.Tensor | Tuple[torch.Tensor, Recording]:
+        """Simulate ``num_steps`` steps (default: the model's) and read out logits.
+
+        With ``record=True`` returns ``(logits, Recording)``.
+        """
+        self._check_input(x)
+        self.reset_state()
+        T = int(num_steps or self.num_steps)
+        B = x.shape[0]
+        x = self.preprocess(x)
+        spikes, mems = [], []
+        for m in self.lif_layers:
+            m.record = record
+        try:
+            first = self.stages[0]
+            if self.encoder.static:
+                cur = first.layers(x)  # computed once, broadcast over time
+                cur_seq = cur.unsqueeze(0).expand(T, *cur.shape)
+                input_seq = x.unsqueeze(0).expand(T, *x.shape)
+            else:
+                input_seq = self.encoder(x, T)
+                cur = first.layers(input_seq.reshape(T * B, *x.shape[1:]))
+                cur_seq = cur.view(T, B, *cur.shape[1:])
+            spk_seq = first.lif(cur_seq)
+            spikes.append(spk_seq)
+            mems.append(first.lif.last_mem)
+            for stage in self.stages[1:]:
+                cur = stage.layers(spk_seq.reshape(T * B, *spk_seq.shape[2:]))
+                spk_seq = stage.lif(cur.view(T, B, *cur.shape[1:]))
+                spikes.append(spk_seq)
+                mems.append(stage.lif.last_mem)
+        finally:
+            for m in self.lif_layers:
+                m.record = False
+        last_mem = self.stages[-1].lif.last_mem
+        if self.readout == "count":
+            logits = spk_seq.sum(0)
+        else:
+            if last_mem is None:  # not recorded: rerun the output loop with recording
+                self.stages[-1].lif.record = True
+                try:
+                    self.stages[-1].lif(cur.view(T, B, *cur.shape[1:]))
+                finally:
+                    self.stages[-1].lif.record = False
+                last_mem = self.stages[-1].lif.last_mem
+            logits = last_mem.mean(0)
+        if record:
+            return logits, Recording(list(self.stage_names), spikes, mems, input_seq)
+        return logits
+
+    def output_spikes(self, x: torch.Tensor, *, num_steps: Optional[int] = None) -> torch.Tensor:
+        """Output spike trains ``[T, B, K]``."""
+        _, rec = self.forward(x, num_steps=num_steps, record=True)
+        return rec.spikes[-1]
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"arch={c['arch']}, encoding={c['encoding']}, num_steps={c['num_steps']}, readout={c['readout']}"
+
+
+def _stage_plan(cfg: Dict[str, Any]) -> List[Tuple[str, List[nn.Module]]]:
+    """(name, stateless layers) per stage; each stage ends in a LIF layer."""
+    c_in = cfg["in_channels"]
+    h, w = cfg["image_size"]
+    k = cfg["num_classes"]
+    p = float(cfg["dropout"])
+    plan: List[Tuple[str, List[nn.Module]]] = []
+
+    def drop() -> List[nn.Module]:
+        return [nn.Dropout(p)] if p > 0 else []
+
+    if cfg["arch"] == "csnn":
+        c1, c2 = cfg["channels"]
+        plan.append(("conv1", [nn.Conv2d(c_in, c1, 3, padding=1), nn.MaxPool2d(2)]))
+        plan.append(("conv2", [nn.Conv2d(c1, c2, 3, padding=1), nn.MaxPool2d(2)]))
+        feat = c2 * (h // 4) * (w // 4)
+    elif cfg["arch"] == "csnn-deep":
+        chans = cfg["channels"]
+        strides = [1, 2, 1, 2]
+        prev = c_in
+        for i, (ch, s) in enumerate(zip(chans, strides), start=1):
+            plan.append((f"conv{i}", [nn.Conv2d(prev, ch, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(ch)]))
+            prev = ch
+            h, w = (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
+        feat = prev * h * w
+        p = p if p > 0 else 0.2
+    else:  # fcsnn
+        feat = c_in * h * w
+    prev = feat
+    for i, width in enumerate(cfg["hidden"], start=1):
+        pre: List[nn.Module] = [nn.Flatten()] if i == 1 else []
+        plan.append((f"fc{i}", pre + ([nn.Dropout(p)] if p > 0 else []) + [nn.Linear(prev, width)]))
+        prev = width
+    plan.append(("output", ([nn.Flatten()] if not cfg["hidden"] else []) + drop() + [nn.Linear(prev, k)]))
+    return plan
+
+
+def _build_stages(cfg: Dict[str, Any]) -> List[Stage]:
+    return [
+        Stage(
+            layers,
+            LIF(
+                beta=float(cfg["beta"]),
+                threshold=float(cfg["threshold"]),
+                surrogate=cfg["surrogate"],
+                reset_mechanism=cfg["reset_mechanism"],
+            ),
+        )
+        for _, layers in _stage_plan(cfg)
+    ]
+
+
+def build_model(arch: str = "csnn", **config: Any) -> SpikingClassifier:
+    """Build a fresh model of the zoo by name (``csnn``, ``csnn-deep``, ``fcsnn``)."""
+    return SpikingClassifier(full_config(arch=arch, **config))

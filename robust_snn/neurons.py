@@ -1,0 +1,111 @@
+"""Multi-step leaky integrate-and-fire layer built on :class:`snntorch.Leaky`.
+
+The snnTorch neuron holds the parameters (beta, threshold, reset mechanism,
+surrogate); :class:`LIF` runs its recurrence over a whole ``[T, B, ...]``
+sequence at once (SpikingJelly's multi-step mode) with exactly the update of
+``snn.Leaky.forward`` (default ``reset_delay=True``).
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import snntorch as snn
+import torch
+from torch import nn
+
+from .surrogates import make_spike_fn
+
+RESET_MECHANISMS = ("subtract", "zero", "none")
+
+
+class LIF(nn.Module):
+    """Leaky integrate-and-fire neurons over time.
+
+    Shape:
+        - Input: ``cur_seq`` ``[T, B, ...]`` input currents.
+        - Output: ``spk_seq`` ``[T, B, ...]`` binary spikes.
+
+    Args:
+        beta: membrane decay in [0, 1].
+        threshold: firing threshold.
+        surrogate: surrogate spec for the backward of the spike (see
+            :mod:`robust_snn.surrogates`).
+        reset_mechanism: ``"subtract"``, ``"zero"`` or ``"none"``.
+
+    Reference: Eshraghian et al., "Training Spiking Neural Networks Using
+    Lessons From Deep Learning", https://arxiv.org/abs/2109.12894
+    """
+
+    def __init__(
+        self,
+        *,
+        beta: float = 0.9,
+        threshold: float = 1.0,
+        surrogate: str = "fast_sigmoid:slope=25",
+        reset_mechanism: str = "subtract",
+    ) -> None:
+        super().__init__()
+        if reset_mechanism not in RESET_MECHANISMS:
+            raise ValueError(f"reset_mechanism must be one of {RESET_MECHANISMS}")
+        self.neuron = snn.Leaky(
+            beta=beta,
+            threshold=threshold,
+            spike_grad=make_spike_fn(surrogate),
+            reset_mechanism=reset_mechanism,
+        )
+        # snnTorch appends every neuron to a class-level list (snnTorch issue #438);
+        # we never use it, so drop ours to avoid keeping models alive forever.
+        try:
+            snn.SpikingNeuron.instances.remove(self.neuron)
+        except (AttributeError, ValueError):
+            pass
+        self.reset_mechanism = reset_mechanism
+        #: "surrogate" (exact BPTT with the neuron's spike_grad) or "rate" (BPTR/RGA).
+        self.grad_mode = "surrogate"
+        self.last_mem: Optional[torch.Tensor] = None
+        self.record = False
+
+    def extra_repr(self) -> str:
+        return f"reset={self.reset_mechanism}, grad_mode={self.grad_mode}"
+
+    def _loop(self, cur_seq: torch.Tensor, spike_fn) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        beta = self.neuron.beta.clamp(0, 1).to(cur_seq.dtype)
+        thr = self.neuron.threshold.to(cur_seq.dtype)
+        mem = torch.zeros_like(cur_seq[0])
+        spk_prev = torch.zeros_like(cur_seq[0])
+        spikes: List[torch.Tensor] = []
+        mems: List[torch.Tensor] = []
+        for t in range(cur_seq.shape[0]):
+            reset = spk_prev.detach()  # == snn.Leaky.mem_reset(mem): detached Heaviside
+            if self.reset_mechanism == "subtract":
+                mem = beta * mem + cur_seq[t] - reset * thr
+            elif self.reset_mechanism == "zero":
+                mem = beta * ((1 - reset) * mem) + cur_seq[t]
+            else:
+                mem = beta * mem + cur_seq[t]
+            spk_prev = spike_fn(mem - thr)
+            spikes.append(spk_prev)
+            if self.record:
+                mems.append(mem)
+        return torch.stack(spikes), (torch.stack(mems) if self.record else None)
+
+    def forward(self, cur_seq: torch.Tensor) -> torch.Tensor:
+        if self.grad_mode == "rate" and torch.is_grad_enabled() and cur_seq.requires_grad:
+            spk_seq = self._rate_forward(cur_seq)
+        else:
+            spk_seq, self.last_mem = self._loop(cur_seq, self.neuron.spike_grad)
+        return spk_seq
+
+    def _rate_forward(self, cur_seq: torch.Tensor) -> torch.Tensor:
+        """Exact spikes forward; gradient of the firing rate w.r.t. the mean input.
+
+        The rate of an (integrate-and-fire-like) neuron is approximated by
+        ``relu(mean(I) / threshold)``; its gradient is spread evenly
+        over time steps (BPTR, Ding et al. 2022, https://arxiv.org/abs/2205.09876;
+        RGA, Bu et al. 2023, https://arxiv.org/abs/2305.00784).
+        """
+        with torch.no_grad():
+            spk_seq, self.last_mem = self._loop(cur_seq, self.neuron.spike_grad)
+        thr = self.neuron.threshold.to(cur_seq.dtype)
+        proxy = torch.relu(cur_seq.mean(0) / thr)
+        return spk_seq + (proxy - proxy.detach()).unsqueeze(0)

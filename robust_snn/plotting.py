@@ -1,0 +1,52 @@
+"""Figures for training and evaluation (matplotlib, headless backend)."""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402,F401
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str], *, title: str = "Confusion matrix") -> Figure:
+    """Confusion matrix heat map (rows: true class, columns: predicted)."""
+    cm = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(6, 5.2))
+    im = ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), labels=classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), labels=classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    thresh = cm.max() / 2 if cm.size else 0
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if cm[i, j] > thresh else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(history: List[Dict[str, float]]) -> Figure:
+    """Loss and accuracy per epoch (train, and validation when present)."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = [h["epoch"] for h in history]
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    if any(h.get("val_loss") is not None for h in history):
+        ax_loss.plot(epochs, [h.get("val_loss") for h in history], marker="o", label="validation")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], marker="o", label="train")
+    if any(h.get("val_accuracy") is not None for h in history):
+        ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], marker="o", label="validation")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.legend()
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,59 @@
+"""The plain snnTorch simulation users write today, on a robust-snn model's weights.
+
+Step by step as in the snnTorch tutorials: at every time step every layer is
+recomputed (the first convolution included) and each ``snn.Leaky`` is called
+once. Used as the correctness reference for the layer-by-layer simulation and
+as the speed baseline in ``benchmarks/``.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from .models import SpikingClassifier
+
+
+def step_by_step_forward(model: SpikingClassifier, x: torch.Tensor, *, num_steps: Optional[int] = None,
+                         x_seq: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Logits of ``model`` computed with a per-time-step snnTorch loop.
+
+    Args:
+        model: the model whose weights and neurons are used.
+        x: images ``[B, C, H, W]`` in [0, 1].
+        num_steps: T (default: the model's).
+        x_seq: pre-drawn encoder output ``[T, B, C, H, W]`` (to compare
+            stochastic encoders on the same draws); default: encode ``x``.
+
+    Shape: ``[B, C, H, W]`` -> ``[B, K]``.
+    """
+    T = int(num_steps or model.num_steps)
+    xin = model.preprocess(x)
+    if x_seq is None:
+        x_seq = model.encoder(xin, T) if not model.encoder.static else xin.unsqueeze(0).expand(T, *xin.shape)
+    mems: List[Optional[torch.Tensor]] = [None] * len(model.stages)
+    out_spk, out_mem = [], []
+    for t in range(T):
+        h = x_seq[t]
+        for i, stage in enumerate(model.stages):
+            cur = stage.layers(h)
+            if mems[i] is None:
+                mems[i] = torch.zeros_like(cur)
+            h, mems[i] = stage.lif.neuron(cur, mems[i])
+        out_spk.append(h)
+        out_mem.append(mems[-1])
+    if model.readout == "count":
+        return torch.stack(out_spk).sum(0)
+    return torch.stack(out_mem).mean(0)
+
+
+class StepByStepModel(nn.Module):
+    """``nn.Module`` wrapper of :func:`step_by_step_forward`, attackable by torchattacks."""
+
+    def __init__(self, model: SpikingClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return step_by_step_forward(self.model, x)

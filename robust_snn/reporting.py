@@ -1,0 +1,107 @@
+"""Tables, files and figures for attack results (used by ``robust-snn attack``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from .utils import atomic_path, save_figure_atomic, write_json_atomic
+
+
+def json_ready(result: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+    """The JSON-serializable part of :func:`robust_snn.attacks.evaluate`'s result."""
+    skip = {"examples", "clean_predictions", "clean_logits"}
+    return {**extra, **{k: v for k, v in result.items() if k not in skip}}
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    """Human-readable table: one line per attack and eps, then the worst case and checks."""
+    lines: List[str] = []
+    lines.append(f"n={result['n']}  clean accuracy {100 * result['clean_accuracy']:.2f}%  "
+                 f"gradient: {result['surrogate']}" + (f"  EOT samples: {result['eot_samples']}, eval samples: {result['eval_samples']}" if result["stochastic"] else ""))
+    head = f"{'attack':<11}{'norm':<5}{'eps':>6}{'clean':>8}{'robust':>8}{'success':>9}{'Linf mean/max':>16}{'L2 mean/max':>15}{'Δspikes':>9}{'time s':>8}{'img/s':>8}"
+    lines.append(head)
+    lines.append("-" * len(head))
+    for r in result["results"]:
+        lines.append(
+            f"{r['attack']:<11}{r['norm']:<5}{r['eps']:>6g}{100 * r['clean_accuracy']:>7.2f}%{100 * r['robust_accuracy']:>7.2f}%"
+            f"{100 * r['success_rate']:>8.2f}%{r['linf_mean']:>8.3f}/{r['linf_max']:<7.3f}{r['l2_mean']:>7.2f}/{r['l2_max']:<7.2f}"
+            f"{r['spike_count_change']:>9.2f}{r['seconds']:>8.1f}{r['img_per_s']:>8.1f}"
+        )
+    lines.append("worst case over attacks (per sample):")
+    for w in result["worst_case"]:
+        lines.append(f"  {w['norm']:<5} eps={w['eps']:<6g} robust accuracy {100 * w['robust_accuracy']:.2f}%  ({', '.join(w['attacks'])})")
+    if result["checks"]:
+        lines.append("sanity checks:")
+        for c in result["checks"]:
+            lines.append(f"  [{'ok' if c['passed'] else 'FAIL'}] {c['name']}" + ("" if c["passed"] else f": {c['detail']}"))
+    return "\n".join(lines)
+
+
+def save_attack_outputs(out_dir: str | Path, result: Dict[str, Any], *, indices: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                        model: torch.nn.Module, summary: Dict[str, Any], n_figure: int = 8) -> List[str]:
+    """Write ``adversarial.pt``, ``results.json`` and ``examples.png`` atomically into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    examples = result.get("examples", {})
+    tensors: Dict[str, Any] = {
+        "indices": indices.clone(),
+        "labels": y.clone(),
+        "clean_predictions": result["clean_predictions"].clone(),
+        "adversarial": {},
+    }
+    preds: Dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        for key, x_adv in examples.items():
+            p = torch.cat([model(x_adv[i:i + 500].to(device)).argmax(1).cpu() for i in range(0, len(x_adv), 500)])
+            preds[key] = p
+            tensors["adversarial"][key] = {"images": x_adv.clone(), "predictions": p}
+    with atomic_path(out / "adversarial.pt") as tmp:
+        torch.save(tensors, tmp)
+    write_json_atomic(out / "results.json", summary)
+    files = [str(out / "adversarial.pt"), str(out / "results.json")]
+    if examples:
+        import matplotlib.pyplot as plt
+
+        fig = examples_figure(model, x, y, examples, n=n_figure)
+        save_figure_atomic(fig, out / "examples.png", dpi=100)
+        plt.close(fig)
+        files.append(str(out / "examples.png"))
+    return files
+
+
+def examples_figure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, examples: Dict[str, torch.Tensor], *, n: int = 8):
+    """Clean vs adversarial images (strongest attack/eps shown) with output spike counts."""
+    from .plotting import plt
+
+    key = list(examples)[-1]
+    x_adv = examples[key]
+    changed = torch.nonzero((x_adv - x).flatten(1).abs().amax(1) > 0).squeeze(1)
+    idx = (changed if len(changed) else torch.arange(len(x)))[:n]
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        lc = model(x[idx].to(device)).float().cpu()
+        la = model(x_adv[idx].to(device)).float().cpu()
+    cols = len(idx)
+    fig, axes = plt.subplots(3, max(cols, 1), figsize=(1.9 * max(cols, 1), 5.6), squeeze=False)
+    for j, i in enumerate(idx.tolist()):
+        axes[0, j].imshow(x[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[0, j].set_title(f"y={y[i].item()} pred={lc[j].argmax().item()}", fontsize=8)
+        axes[1, j].imshow(x_adv[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[1, j].set_title(f"adv pred={la[j].argmax().item()}", fontsize=8, color="red" if la[j].argmax().item() != y[i].item() else "black")
+        k = lc.shape[1]
+        pos = np.arange(k)
+        axes[2, j].bar(pos - 0.2, lc[j].numpy(), width=0.4, label="clean")
+        axes[2, j].bar(pos + 0.2, la[j].numpy(), width=0.4, label="adv", color="tab:red")
+        axes[2, j].set_xticks(range(k))
+        axes[2, j].tick_params(labelsize=6)
+        for a in axes[:2, j]:
+            a.axis("off")
+    axes[2, 0].set_ylabel("output spikes", fontsize=8)
+    axes[2, 0].legend(fontsize=6)
+    fig.suptitle(f"clean (top) vs {key} (middle); output spike counts (bottom)", fontsize=9)
+    fig.tight_layout()
+    return fig

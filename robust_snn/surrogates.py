@@ -1,0 +1,176 @@
+"""Spike functions: Heaviside forward, configurable surrogate backward.
+
+Specs are strings such as ``"fast_sigmoid"``, ``"fast_sigmoid:slope=10"`` or
+``"atan:alpha=2"``. Training surrogates are the functions of
+:mod:`snntorch.surrogate`; attacks may swap in any of them (and the
+rate-based gradient) without changing the forward pass, see
+:func:`robust_snn.surrogates.use_surrogate`.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Dict, Iterator, Tuple
+
+import torch
+from snntorch import surrogate as snn_surrogate
+
+from .errors import RobustSNNError
+
+SpikeFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _TriangleSpike(torch.autograd.Function):
+    """Heaviside forward; triangular backward ``max(0, 1 - |u| / width) / width``."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, width: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(u)
+        ctx.width = width
+        return (u > 0).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        (u,) = ctx.saved_tensors
+        w = ctx.width
+        return grad_out * torch.clamp(1.0 - u.abs() / w, min=0.0) / w, None
+
+
+class _SigmoidSpike(torch.autograd.Function):
+    """Heaviside forward; logistic-derivative backward ``k s(ku) (1 - s(ku))``.
+
+    Same gradient as ``snntorch.surrogate.sigmoid`` but numerically stable:
+    snnTorch's ``exp(-ku) / (exp(-ku) + 1)^2`` gives NaN (inf/inf) for
+    membrane potentials far below threshold.
+    """
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, slope: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(u)
+        ctx.slope = slope
+        return (u > 0).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        (u,) = ctx.saved_tensors
+        s = torch.sigmoid(ctx.slope * u)
+        return grad_out * ctx.slope * s * (1.0 - s), None
+
+
+def _sigmoid(slope: float = 25.0) -> SpikeFn:
+    slope = float(slope)
+
+    def inner(u: torch.Tensor) -> torch.Tensor:
+        return _SigmoidSpike.apply(u, slope)
+
+    return inner
+
+
+def _triangular(width: float = 1.0) -> SpikeFn:
+    width = float(width)
+
+    def inner(u: torch.Tensor) -> torch.Tensor:
+        return _TriangleSpike.apply(u, width)
+
+    return inner
+
+
+# name -> (factory, default kwargs, description)
+SURROGATES: Dict[str, Tuple[Callable[..., SpikeFn], dict, str]] = {
+    "fast_sigmoid": (snn_surrogate.fast_sigmoid, {"slope": 25.0}, "1/(1+k|u|)^2 (SuperSpike)"),
+    "atan": (snn_surrogate.atan, {"alpha": 2.0}, "arctan derivative"),
+    "sigmoid": (_sigmoid, {"slope": 25.0}, "logistic derivative (stable form of snnTorch's)"),
+    "triangular": (_triangular, {"width": 1.0}, "max(0, 1-|u|/w)/w"),
+    "straight_through": (lambda: snn_surrogate.straight_through_estimator(), {}, "identity gradient"),
+}
+#: Gradient choices that are not a per-spike surrogate (only for attacks).
+SPECIAL_GRADIENTS = {"rate": "backward through firing rates (BPTR / RGA), exact forward"}
+
+#: The gradient set used by ``--surrogate ensemble``.
+ENSEMBLE = (
+    "fast_sigmoid:slope=5",
+    "fast_sigmoid:slope=25",
+    "fast_sigmoid:slope=100",
+    "atan",
+    "sigmoid",
+    "triangular",
+    "straight_through",
+    "rate",
+)
+
+
+def parse_spec(spec: str) -> Tuple[str, dict]:
+    """Split ``"name:k=v,k2=v2"`` into ``(name, {k: float(v)})`` and validate it."""
+    name, _, rest = str(spec).strip().partition(":")
+    name = name.strip().replace("-", "_")
+    if name not in SURROGATES and name not in SPECIAL_GRADIENTS:
+        known = ", ".join(sorted(SURROGATES) + sorted(SPECIAL_GRADIENTS))
+        raise RobustSNNError(f"unknown surrogate {spec!r}; choose one of: {known}")
+    kwargs: dict = {}
+    if rest.strip():
+        allowed = SURROGATES[name][1] if name in SURROGATES else {}
+        for item in rest.split(","):
+            key, eq, value = item.partition("=")
+            key = key.strip()
+            if not eq or key not in allowed:
+                raise RobustSNNError(
+                    f"bad surrogate parameter {item!r} in {spec!r}; {name} takes: {', '.join(allowed) or 'none'}"
+                )
+            try:
+                kwargs[key] = float(value)
+            except ValueError:
+                raise RobustSNNError(f"surrogate parameter {key} must be a number, got {value!r}") from None
+    return name, kwargs
+
+
+def canonical(spec: str) -> str:
+    """Canonical spelling of a spec, with all default parameters filled in."""
+    name, kwargs = parse_spec(spec)
+    if name in SPECIAL_GRADIENTS:
+        return name
+    params = {**SURROGATES[name][1], **kwargs}
+    if not params:
+        return name
+    return name + ":" + ",".join(f"{k}={v:g}" for k, v in params.items())
+
+
+def make_spike_fn(spec: str) -> SpikeFn:
+    """Build the spike function (Heaviside forward, surrogate backward) for ``spec``."""
+    name, kwargs = parse_spec(spec)
+    if name in SPECIAL_GRADIENTS:
+        raise RobustSNNError(f"{name!r} is a gradient mode for attacks, not a spike function for training")
+    factory, defaults, _ = SURROGATES[name]
+    return factory(**{**defaults, **kwargs})
+
+
+@contextlib.contextmanager
+def use_surrogate(model: torch.nn.Module, spec: str | None) -> Iterator[None]:
+    """Temporarily change how gradients pass through every LIF layer of ``model``.
+
+    The forward pass is unchanged; only the backward of the spike function
+    changes (``spec="rate"`` switches to the rate-based gradient). The previous
+    setting is restored on exit, also when the body raises.
+
+    Args:
+        model: any module containing :class:`robust_snn.neurons.LIF` layers.
+        spec: surrogate spec, ``"rate"``, or ``None`` to keep the model's own.
+    """
+    from .neurons import LIF  # local import: neurons imports this module
+
+    if spec is None:
+        yield
+        return
+    name, _ = parse_spec(spec)
+    layers = [m for m in model.modules() if isinstance(m, LIF)]
+    saved = [(m.neuron.spike_grad, m.grad_mode) for m in layers]
+    try:
+        for m in layers:
+            if name in SPECIAL_GRADIENTS:
+                m.grad_mode = name
+            else:
+                m.neuron.spike_grad = make_spike_fn(spec)
+                m.grad_mode = "surrogate"
+        yield
+    finally:
+        for m, (fn, mode) in zip(layers, saved):
+            m.neuron.spike_grad = fn
+            m.grad_mode = mode

@@ -1,0 +1,270 @@
+"""Training loop for spiking classifiers (surrogate-gradient BPTT), resumable."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import save_checkpoint
+from .data import batches, dataset_info, load_split, split_validation
+from .errors import RobustSNNError
+from .evaluation import evaluate_clean
+from .models import SpikingClassifier, full_config
+from .utils import atomic_path, progress_bar, resolve_device, save_figure_atomic, seed_everything, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("cosine", "step", "none")
+LOSSES = ("ce", "mse")
+
+
+@dataclass
+class TrainSettings:
+    """Hyperparameters of one training run (stored in the checkpoint recipe)."""
+
+    dataset: str = "mnist"
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    loss: str = "ce"
+    seed: int = 0
+    val_split: float = 0.05
+    limit: Optional[int] = None
+    test_limit: Optional[int] = None
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise RobustSNNError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise RobustSNNError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise RobustSNNError(f"--lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise RobustSNNError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise RobustSNNError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+        if self.loss not in LOSSES:
+            raise RobustSNNError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
+
+
+def spike_loss(logits: torch.Tensor, y: torch.Tensor, *, kind: str, num_steps: int) -> torch.Tensor:
+    """Cross-entropy on spike counts, or MSE between counts and target counts.
+
+    The MSE target is 80 % of ``num_steps`` spikes for the true class and 20 %
+    for the others (snnTorch's ``mse_count_loss``).
+    """
+    if kind == "ce":
+        return F.cross_entropy(logits, y)
+    target = torch.full_like(logits, 0.2 * num_steps)
+    target.scatter_(1, y.unsqueeze(1), 0.8 * num_steps)
+    return F.mse_loss(logits, target)
+
+
+def _make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.SGD(params, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay, nesterov=True)
+
+
+def _make_scheduler(opt: torch.optim.Optimizer, s: TrainSettings, steps_per_epoch: int):
+    if s.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, s.epochs * steps_per_epoch))
+    if s.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, (s.epochs * steps_per_epoch) // 3), gamma=0.1)
+    return None
+
+
+def state_path(out: Path) -> Path:
+    """Sidecar file holding optimizer state for ``--resume``."""
+    return out.with_name(out.stem + ".state.pt")
+
+
+def train(
+    model_config: Dict[str, Any],
+    settings: TrainSettings,
+    *,
+    out: str | Path,
+    data_dir: Optional[str] = None,
+    device: str = "auto",
+    resume: bool = False,
+    command: Optional[str] = None,
+    progress: bool = True,
+) -> Tuple[SpikingClassifier, Dict[str, Any]]:
+    """Train a model and write ``out`` (checkpoint), ``*.log.json``, ``*.log.csv`` and ``*.curves.png``.
+
+    Args:
+        model_config: model config overrides (see :func:`robust_snn.models.full_config`);
+            input shape, classes and normalization come from the dataset.
+        settings: hyperparameters.
+        out: checkpoint path.
+        data_dir: torchvision-layout data root.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        resume: continue from ``out``'s ``.state.pt`` sidecar if present.
+        command: the command line, recorded in the checkpoint recipe.
+
+    Returns:
+        ``(model, metrics)``.
+    """
+    settings.validate()
+    out = Path(out)
+    if out.suffix != ".pt":
+        raise RobustSNNError(f"--out must end in .pt, got {out}")
+    dev = resolve_device(device)
+    info = dataset_info(settings.dataset)
+    cfg = full_config(
+        **{
+            **model_config,
+            "dataset": info.name,
+            "in_channels": info.in_channels,
+            "image_size": list(info.image_size),
+            "num_classes": len(info.classes),
+            "classes": list(info.classes),
+            "mean": list(info.mean),
+            "std": list(info.std),
+        }
+    )
+    x_all, y_all = load_split(settings.dataset, "train", data_dir=data_dir, limit=settings.limit)
+    (x_tr, y_tr), val = split_validation(x_all, y_all, settings.val_split, seed=settings.seed)
+
+    seed_everything(settings.seed)
+    model = SpikingClassifier(cfg).to(dev)
+    opt = _make_optimizer(model, settings)
+    steps_per_epoch = math.ceil(len(x_tr) / settings.batch_size)
+    sched = _make_scheduler(opt, settings, steps_per_epoch)
+    history: List[Dict[str, Any]] = []
+    start_epoch = 1
+    train_seconds = 0.0
+    sp = state_path(out)
+    if resume:
+        if sp.is_file():
+            state = torch.load(sp, map_location="cpu", weights_only=True)
+            if state.get("config") != cfg or state.get("settings") != asdict(settings):
+                raise RobustSNNError(f"{sp} was written by a run with other settings; rerun without --resume or with the same options")
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            if sched is not None and state.get("scheduler") is not None:
+                sched.load_state_dict(state["scheduler"])
+            history = list(state["history"])
+            start_epoch = int(state["epoch"]) + 1
+            train_seconds = float(state.get("train_seconds", 0.0))
+            log.info("resuming from %s after epoch %d", sp, start_epoch - 1)
+        else:
+            log.warning("--resume: no training state at %s; starting from scratch", sp)
+
+    for epoch in range(start_epoch, settings.epochs + 1):
+        torch.manual_seed(settings.seed * 1000 + epoch)  # dropout etc.: resumable and deterministic
+        gen = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
+        model.train()
+        tot_loss = tot_correct = tot_n = 0.0
+        t0 = time.perf_counter()
+        bar = progress_bar(batches(len(x_tr), settings.batch_size, shuffle=True, generator=gen), enabled=progress, desc=f"epoch {epoch}/{settings.epochs}")
+        for idx in bar:
+            xb, yb = x_tr[idx].to(dev), y_tr[idx].to(dev)
+            logits = model(xb)
+            loss = spike_loss(logits, yb, kind=settings.loss, num_steps=model.num_steps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            tot_loss += loss.item() * len(yb)
+            tot_correct += (logits.argmax(1) == yb).sum().item()
+            tot_n += len(yb)
+            bar.set_postfix(loss=f"{tot_loss / tot_n:.4f}", acc=f"{100 * tot_correct / tot_n:.2f}%")
+        epoch_seconds = time.perf_counter() - t0
+        train_seconds += epoch_seconds
+        row: Dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": tot_loss / tot_n,
+            "train_accuracy": tot_correct / tot_n,
+            "val_loss": None,
+            "val_accuracy": None,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": epoch_seconds,
+            "img_per_s": tot_n / epoch_seconds,
+        }
+        if val is not None:
+            model.eval()
+            with torch.inference_mode():
+                vl = []
+                vc = 0
+                for idx in batches(len(val[0]), 500):
+                    lg = model(val[0][idx].to(dev))
+                    vl.append(spike_loss(lg, val[1][idx].to(dev), kind=settings.loss, num_steps=model.num_steps).item() * len(idx))
+                    vc += (lg.argmax(1).cpu() == val[1][idx]).sum().item()
+            row["val_loss"] = sum(vl) / len(val[0])
+            row["val_accuracy"] = vc / len(val[0])
+        history.append(row)
+        log.info(
+            "epoch %d: loss %.4f, train acc %.2f%%%s, %.0f img/s",
+            epoch, row["train_loss"], 100 * row["train_accuracy"],
+            "" if row["val_accuracy"] is None else f", val acc {100 * row['val_accuracy']:.2f}%", row["img_per_s"],
+        )
+        _write_logs(out, history)
+        state = {
+            "config": cfg,
+            "settings": asdict(settings),
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict() if sched is not None else None,
+            "history": history,
+            "epoch": epoch,
+            "train_seconds": train_seconds,
+        }
+        with atomic_path(sp) as tmp:
+            torch.save(state, tmp)
+
+    model.eval()
+    x_te, y_te = load_split(settings.dataset, "test", data_dir=data_dir, limit=settings.test_limit)
+    test = evaluate_clean(model, x_te, y_te, progress=progress)
+    metrics = {
+        "test_accuracy": test["accuracy"],
+        "test_n": test["n"],
+        "test_split": "test",
+        "val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "train_img_per_s": (sum(h["img_per_s"] for h in history) / len(history)) if history else None,
+        "eval_img_per_s": test["img_per_s"],
+        "firing_rates": test["firing_rates"],
+    }
+    recipe = {
+        "command": command,
+        **asdict(settings),
+        "device": str(dev),
+        "torch_threads": torch.get_num_threads(),
+        "train_seconds": train_seconds,
+        "epochs_run": len(history),
+    }
+    save_checkpoint(out, model, metrics=metrics, recipe=recipe)
+    sp.unlink(missing_ok=True)
+    return model, {**metrics, "history": history, "checkpoint": str(out), "train_seconds": train_seconds}
+
+
+def _write_logs(out: Path, history: List[Dict[str, Any]]) -> None:
+    base = out.with_suffix("")
+    write_json_atomic(base.with_name(base.name + ".log.json"), history)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0].keys()))
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomic(base.with_name(base.name + ".log.csv"), buf.getvalue())
+    from .plotting import training_curves_figure
+    import matplotlib.pyplot as plt
+
+    fig = training_curves_figure(history)
+    save_figure_atomic(fig, base.with_name(base.name + ".curves.png"), dpi=110)
+    plt.close(fig)

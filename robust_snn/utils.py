@@ -1,0 +1,109 @@
+"""Small shared helpers: devices, seeding, atomic file writes, versions."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional
+
+import numpy as np
+import torch
+
+from .errors import RobustSNNError
+
+
+def resolve_device(device: Optional[str] = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; anything else must be available."""
+    name = (device or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise RobustSNNError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RobustSNNError("device 'cuda' requested but CUDA is not available here; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise RobustSNNError("device 'mps' requested but MPS is not available here; use --device cpu")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it over ``path`` on success.
+
+    An interrupted write (exception, Ctrl-C) leaves the old file untouched and
+    no half-written file behind.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_figure_atomic(fig: Any, path: str | os.PathLike, **kwargs: Any) -> None:
+    """Save a matplotlib figure atomically (format from the suffix)."""
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format=target.suffix.lstrip(".") or "png", **kwargs)
+
+
+def versions() -> Dict[str, str]:
+    """Library versions for provenance records."""
+    from importlib import metadata
+
+    def dist(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    return {
+        "robust_snn": dist("robust-snn"),
+        "torch": str(torch.__version__),
+        "snntorch": dist("snntorch"),
+        "torchattacks": dist("torchattacks"),
+        "numpy": str(np.__version__),
+        "click": dist("click"),
+        "python": platform.python_version(),
+    }
+
+
+
+
+def progress_bar(iterable: Any, *, enabled: bool = True, **kwargs: Any) -> Any:
+    """tqdm over ``iterable``; silent when disabled or when stderr is not a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=None if enabled else True, leave=False, **kwargs)

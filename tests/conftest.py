@@ -1,0 +1,57 @@
+"""Shared fixtures: the real MNIST files (required, never downloaded) and a tiny trained model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("ROBUST_SNN_DATA", REPO.parent / "shared" / "datasets")).resolve()
+
+
+def pytest_configure(config):
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    raw = DATA_DIR / "MNIST" / "raw"
+    missing = [f for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+               if not (raw / f).is_file() and not (raw / f"{f}.gz").is_file()]
+    if missing:
+        pytest.fail(f"real MNIST files missing under {raw}: {missing}; set ROBUST_SNN_DATA to a torchvision-layout root", pytrace=False)
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def mnist_test(data_dir):
+    from robust_snn.data import load_split
+
+    return load_split("mnist", "test", data_dir=data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, data_dir) -> Path:
+    """A tiny CSNN trained for a few seconds on 2,000 real MNIST images."""
+    from robust_snn.training import TrainSettings, train
+
+    out = tmp_path_factory.mktemp("tiny") / "tiny.pt"
+    settings = TrainSettings(epochs=3, batch_size=50, lr=1e-2, limit=2000, val_split=0.0, test_limit=500, seed=0)
+    train({"arch": "csnn", "channels": [4, 8], "hidden": [32], "num_steps": 4}, settings, out=out, data_dir=str(data_dir),
+          device="cpu", progress=False)
+    return out
+
+
+@pytest.fixture()
+def tiny_model(tiny_checkpoint):
+    from robust_snn import load_model
+
+    return load_model(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def eval_batch(mnist_test):
+    x, y = mnist_test
+    return x[:64].clone(), y[:64].clone()

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from robust_snn.errors import RobustSNNError
+from robust_snn.models import build_model
+from robust_snn.reference import step_by_step_forward
+
+
+@pytest.mark.parametrize("arch", ["csnn", "csnn-deep", "fcsnn"])
+@pytest.mark.parametrize("encoding", ["direct", "latency", "rate"])
+def test_layer_by_layer_matches_step_by_step_snntorch(arch, encoding):
+    torch.manual_seed(0)
+    model = build_model(arch, encoding=encoding, threshold=0.25, num_steps=5).eval()
+    x = torch.rand(3, 1, 28, 28)
+    if encoding == "rate":
+        model.encoder.reseed(7)
+        x_seq = model.encoder(model.preprocess(x), 5)
+        model.encoder.reseed(7)
+        ours = model(x)
+        ref = step_by_step_forward(model, x, x_seq=x_seq)
+    else:
+        ours, ref = model(x), step_by_step_forward(model, x)
+    assert ours.sum() > 0, "test must exercise spiking"
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("readout", ["count", "membrane"])
+def test_reset_mechanisms_and_readouts_match_snntorch(reset, readout):
+    torch.manual_seed(1)
+    model = build_model("csnn", channels=[8, 8], hidden=[16], reset_mechanism=reset, readout=readout, threshold=0.3).eval()
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.allclose(model(x), step_by_step_forward(model, x), atol=1e-5)
+
+
+def test_state_is_reset_every_call():
+    torch.manual_seed(0)
+    model = build_model("csnn", channels=[8, 8], hidden=[16], threshold=0.3).eval()
+    x = torch.rand(4, 1, 28, 28)
+    a = model(x)
+    model(torch.rand(7, 1, 28, 28))  # a different batch in between
+    assert torch.equal(a, model(x))
+
+
+def test_gradients_finite_and_nonzero_for_input_and_every_parameter():
+    torch.manual_seed(0)
+    model = build_model("csnn", channels=[8, 16], hidden=[32], threshold=0.5)
+    x = torch.rand(8, 1, 28, 28, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(model(x), torch.arange(8) % 10)
+    loss.backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"zero gradient for {name}"
+
+
+def test_record_returns_per_layer_traces():
+    model = build_model("csnn", channels=[4, 8], hidden=[16], num_steps=6).eval()
+    logits, rec = model(torch.rand(2, 1, 28, 28), record=True)
+    assert rec.names == ["conv1", "conv2", "fc1", "output"]
+    assert [tuple(s.shape) for s in rec.spikes] == [(6, 2, 4, 14, 14), (6, 2, 8, 7, 7), (6, 2, 16), (6, 2, 10)]
+    assert all(m.shape == s.shape for m, s in zip(rec.mems, rec.spikes))
+    assert torch.equal(rec.spikes[-1].sum(0), logits)
+    assert set(torch.unique(rec.spikes[0]).tolist()) <= {0.0, 1.0}
+
+
+def test_num_steps_override_changes_spike_budget():
+    model = build_model("fcsnn", threshold=0.1, num_steps=4).eval()
+    x = torch.rand(2, 1, 28, 28)
+    assert model(x).max() <= 4
+    assert model(x, num_steps=12).max() > 4
+
+
+def test_other_datasets_shapes_come_from_config():
+    model = build_model("csnn", in_channels=3, image_size=[32, 32], num_classes=10, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_bad_inputs_give_clear_errors():
+    model = build_model("csnn", channels=[4, 8], hidden=[16])
+    with pytest.raises(RobustSNNError, match=r"expected input of shape \[B, 1, 28, 28\]"):
+        model(torch.rand(2, 28, 28))
+    with pytest.raises(RobustSNNError, match="unknown model"):
+        build_model("resnet")
+    with pytest.raises(RobustSNNError, match="beta"):
+        build_model("csnn", beta=1.5)

@@ -1,0 +1,64 @@
+"""The shipped default checkpoint on the real MNIST test split (slow, but run in CI)."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from robust_snn import load_model
+from robust_snn.attacks import evaluate
+from robust_snn.checkpoint import default_checkpoint, read_checkpoint
+from robust_snn.cli import main
+from robust_snn.evaluation import evaluate_clean
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model()
+
+
+def test_shipped_checkpoint_reaches_99_percent(shipped, mnist_test):
+    x, y = mnist_test
+    res = evaluate_clean(shipped, x, y)
+    assert res["n"] == 10000
+    assert res["accuracy"] >= 0.99
+    meta = read_checkpoint(default_checkpoint())
+    assert meta["metrics"]["test_n"] == 10000
+    assert abs(meta["metrics"]["test_accuracy"] - res["accuracy"]) < 1e-9, "model card number must be reproducible"
+    assert default_checkpoint().stat().st_size < 5 * 2**20
+
+
+def test_pgd_at_eps_03_drives_accuracy_below_5_percent(shipped, mnist_test):
+    x, y = mnist_test
+    res = evaluate(shipped, x[:200], y[:200], attacks=["pgd"], eps=[0.3])
+    assert res["clean_accuracy"] > 0.95
+    assert res["results"][0]["robust_accuracy"] < 0.05
+
+
+def test_robust_accuracy_non_increasing_over_eps(shipped, mnist_test):
+    x, y = mnist_test
+    res = evaluate(shipped, x[:200], y[:200], attacks=["fgsm", "pgd"], eps=[0.0, 0.05, 0.1, 0.2])
+    accs = [w["robust_accuracy"] for w in res["worst_case"]]
+    assert [w["eps"] for w in res["worst_case"]] == [0.0, 0.05, 0.1, 0.2]
+    assert accs[0] == res["clean_accuracy"]
+    assert all(a >= b for a, b in zip(accs, accs[1:])), accs
+    for name in ("fgsm", "pgd"):
+        rows = [r["robust_accuracy"] for r in res["results"] if r["attack"] == name]
+        assert all(a >= b for a, b in zip(rows, rows[1:])), (name, rows)
+    assert all(c["passed"] for c in res["checks"]), res["checks"]
+
+
+def test_headline_command_json(mnist_test):
+    res = CliRunner().invoke(main, ["attack", "--eps", "0.1", "--limit", "200", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert {"checkpoint", "n", "clean_accuracy", "results", "worst_case", "checks"} <= set(data)
+    assert data["n"] == 200
+    assert [r["attack"] for r in data["results"]] == ["fgsm", "pgd"]
+    for r in data["results"]:
+        assert {"attack", "eps", "robust_accuracy", "success_rate", "linf_max"} <= set(r)
+        assert r["linf_max"] <= 0.1 + 1e-6 and r["robust_accuracy"] < data["clean_accuracy"]
+    assert data["worst_case"][0]["eps"] == 0.1
+    assert data["worst_case"][0]["robust_accuracy"] <= min(r["robust_accuracy"] for r in data["results"])

@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from robust_snn import load_model
+from robust_snn.checkpoint import read_checkpoint
+from robust_snn.errors import RobustSNNError
+from robust_snn.training import TrainSettings, state_path, train
+
+TINY = {"arch": "csnn", "channels": [4, 8], "hidden": [16], "num_steps": 3}
+
+
+def test_training_on_real_mnist_beats_chance(tiny_checkpoint, mnist_test):
+    payload = read_checkpoint(tiny_checkpoint)
+    assert payload["metrics"]["test_accuracy"] > 0.5  # chance is 0.1
+    model = load_model(tiny_checkpoint)
+    x, y = mnist_test
+    acc = (model(x[:300]).argmax(1) == y[:300]).float().mean().item()
+    assert acc > 0.5
+    for suffix in (".log.json", ".log.csv", ".curves.png"):
+        f = tiny_checkpoint.with_name("tiny" + suffix)
+        assert f.is_file() and f.stat().st_size > 0
+    assert not state_path(tiny_checkpoint).exists()
+    assert payload["recipe"]["epochs_run"] == 3 and payload["recipe"]["train_seconds"] > 0
+
+
+def _settings(**kw):
+    return TrainSettings(**{"epochs": 2, "batch_size": 50, "lr": 5e-3, "limit": 200, "val_split": 0.1, "test_limit": 50, **kw})
+
+
+def test_same_seed_same_weights(tmp_path, data_dir):
+    m1, _ = train(dict(TINY, dropout=0.1), _settings(), out=tmp_path / "a.pt", data_dir=str(data_dir), device="cpu", progress=False)
+    m2, _ = train(dict(TINY, dropout=0.1), _settings(), out=tmp_path / "b.pt", data_dir=str(data_dir), device="cpu", progress=False)
+    for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(v1, v2), k
+
+
+def test_resume_after_interruption_gives_identical_weights(tmp_path, data_dir, monkeypatch):
+    import robust_snn.training as training
+
+    ref, _ = train(TINY, _settings(), out=tmp_path / "ref.pt", data_dir=str(data_dir), device="cpu", progress=False)
+    real = training.batches
+    calls = {"n": 0}
+
+    def flaky(n, batch_size, **kw):
+        if kw.get("shuffle"):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+        return real(n, batch_size, **kw)
+
+    monkeypatch.setattr(training, "batches", flaky)
+    out = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, _settings(), out=out, data_dir=str(data_dir), device="cpu", progress=False)
+    assert state_path(out).is_file() and not out.exists()
+    monkeypatch.setattr(training, "batches", real)
+    resumed, metrics = train(TINY, _settings(), out=out, data_dir=str(data_dir), device="cpu", resume=True, progress=False)
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    for (k, v1), v2 in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(v1, v2), k
+    with pytest.raises(RobustSNNError, match="other settings"):
+        state = tmp_path / "x.pt"
+        torch.save({"config": {}, "settings": {}}, state_path(state))
+        train(TINY, _settings(), out=state, data_dir=str(data_dir), device="cpu", resume=True, progress=False)
+
+
+def test_mse_loss_and_sgd_train(tmp_path, data_dir):
+    _, metrics = train(TINY, _settings(loss="mse", optimizer="sgd", lr=0.05, scheduler="step", epochs=1), out=tmp_path / "m.pt",
+                       data_dir=str(data_dir), device="cpu", progress=False)
+    assert metrics["history"][0]["train_loss"] > 0 and 0 <= metrics["test_accuracy"] <= 1
+
+
+def test_bad_settings(tmp_path, data_dir):
+    with pytest.raises(RobustSNNError, match="unknown optimizer"):
+        train(TINY, _settings(optimizer="lbfgs"), out=tmp_path / "m.pt", data_dir=str(data_dir), progress=False)
+    with pytest.raises(RobustSNNError, match=r"must end in \.pt"):
+        train(TINY, _settings(), out=tmp_path / "m.ckpt", data_dir=str(data_dir), progress=False)
