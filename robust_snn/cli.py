@@ -88,7 +88,7 @@ def main(verbose: int) -> None:
 @click.option("--threshold", type=float, default=1.0, show_default=True)
 @click.option("--reset", "reset_mechanism", default="subtract", show_default=True, help="subtract, zero or none.")
 @click.option("--surrogate", default="fast_sigmoid:slope=25", show_default=True, help="Training surrogate, e.g. atan:alpha=2.")
-@click.option("--dropout", type=float, default=0.0, show_default=True)
+@click.option("--dropout", type=float, default=None, help="Dropout before FC layers (default: csnn-deep 0.2, others 0).")
 @click.option("--channels", default=None, help="Conv widths, e.g. 32,64 (default: architecture's).")
 @click.option("--hidden", default=None, help="Hidden FC widths, e.g. 512.")
 @click.option("--readout", default="count", show_default=True, help="count (output spike counts) or membrane.")
@@ -96,6 +96,7 @@ def main(verbose: int) -> None:
 @click.option("--val-split", type=float, default=0.05, show_default=True, help="Fraction of training data held out.")
 @click.option("--limit", type=int, default=None, help="Use only the first N training images.")
 @click.option("--test-limit", type=int, default=None, help="Evaluate on only the first N test images.")
+@click.option("--augment-shift", type=int, default=0, show_default=True, help="Random translation of up to N pixels (augmentation).")
 @click.option("--resume/--no-resume", default=False, show_default=True, help="Continue an interrupted run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @data_dir_option
@@ -103,8 +104,8 @@ def main(verbose: int) -> None:
 @_user_errors
 def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, out: str, batch_size: int, lr: float,
           optimizer: str, weight_decay: float, scheduler: str, loss: str, beta: float, threshold: float,
-          reset_mechanism: str, surrogate: str, dropout: float, channels: Optional[str], hidden: Optional[str],
-          readout: str, seed: int, val_split: float, limit: Optional[int], test_limit: Optional[int], resume: bool,
+          reset_mechanism: str, surrogate: str, dropout: Optional[float], channels: Optional[str], hidden: Optional[str],
+          readout: str, seed: int, val_split: float, limit: Optional[int], test_limit: Optional[int], augment_shift: int, resume: bool,
           quiet: bool, data_dir: Optional[str], device: str) -> None:
     """Train a spiking classifier and write a checkpoint with logs and curves."""
     from .training import TrainSettings, train as train_fn
@@ -117,6 +118,7 @@ def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, o
     settings = TrainSettings(
         dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
         scheduler=scheduler, loss=loss, seed=seed, val_split=val_split, limit=limit, test_limit=test_limit,
+        augment_shift=augment_shift,
     )
     _, metrics = train_fn(model_config, settings, out=out, data_dir=data_dir, device=device, resume=resume,
                           command=_command_line(), progress=not quiet)

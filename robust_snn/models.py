@@ -16,7 +16,7 @@ from torch import nn
 
 from .encoders import Encoder, make_encoder
 from .errors import RobustSNNError
-from .neurons import LIF
+from .neurons import LIF, RESET_MECHANISMS
 from .surrogates import canonical
 
 ARCHITECTURES = ("csnn", "csnn-deep", "fcsnn")
@@ -39,15 +39,15 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "encoding": "direct",
     "num_steps": 8,
     "readout": "count",
-    "dropout": 0.0,
+    "dropout": None,  # arch default
     "mean": [0.1307],
     "std": [0.3081],
 }
 
 ARCH_DEFAULTS = {
-    "csnn": {"channels": [32, 64], "hidden": [512]},
-    "csnn-deep": {"channels": [32, 64, 64, 128], "hidden": [256]},
-    "fcsnn": {"channels": [], "hidden": [512, 256]},
+    "csnn": {"channels": [32, 64], "hidden": [512], "dropout": 0.0},
+    "csnn-deep": {"channels": [32, 64, 64, 128], "hidden": [256], "dropout": 0.2},
+    "fcsnn": {"channels": [], "hidden": [512, 256], "dropout": 0.0},
 }
 
 
@@ -64,6 +64,15 @@ def full_config(**overrides: Any) -> Dict[str, Any]:
         if cfg[key] is None:
             cfg[key] = list(ARCH_DEFAULTS[cfg["arch"]][key])
         cfg[key] = [int(v) for v in cfg[key]]
+        if any(v < 1 for v in cfg[key]):
+            raise RobustSNNError(f"{key} widths must be positive, got {cfg[key]}")
+    if not cfg["hidden"]:
+        raise RobustSNNError("at least one hidden fully connected layer is required (--hidden)")
+    if cfg["dropout"] is None:
+        cfg["dropout"] = ARCH_DEFAULTS[cfg["arch"]]["dropout"]
+    cfg["dropout"] = float(cfg["dropout"])
+    if cfg["reset_mechanism"] not in RESET_MECHANISMS:
+        raise RobustSNNError(f"unknown reset mechanism {cfg['reset_mechanism']!r}; choose one of: {', '.join(RESET_MECHANISMS)}")
     if cfg["arch"] == "csnn" and len(cfg["channels"]) != 2:
         raise RobustSNNError("csnn takes exactly 2 channel widths, e.g. --channels 32,64")
     if cfg["arch"] == "csnn-deep" and len(cfg["channels"]) != 4:
@@ -258,11 +267,11 @@ def _stage_plan(cfg: Dict[str, Any]) -> List[Tuple[str, List[nn.Module]]]:
         strides = [1, 2, 1, 2]
         prev = c_in
         for i, (ch, s) in enumerate(zip(chans, strides), start=1):
-            plan.append((f"conv{i}", [nn.Conv2d(prev, ch, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(ch)]))
+            block: List[nn.Module] = [nn.Conv2d(prev, ch, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(ch)]
+            plan.append((f"conv{i}", block + ([nn.Dropout2d(p)] if p > 0 and s == 2 else [])))
             prev = ch
             h, w = (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
         feat = prev * h * w
-        p = p if p > 0 else 0.2
     else:  # fcsnn
         feat = c_in * h * w
     prev = feat
@@ -270,7 +279,7 @@ def _stage_plan(cfg: Dict[str, Any]) -> List[Tuple[str, List[nn.Module]]]:
         pre: List[nn.Module] = [nn.Flatten()] if i == 1 else []
         plan.append((f"fc{i}", pre + ([nn.Dropout(p)] if p > 0 else []) + [nn.Linear(prev, width)]))
         prev = width
-    plan.append(("output", ([nn.Flatten()] if not cfg["hidden"] else []) + drop() + [nn.Linear(prev, k)]))
+    plan.append(("output", drop() + [nn.Linear(prev, k)]))
     return plan
 
 

@@ -90,6 +90,7 @@ class LIF(nn.Module):
         return torch.stack(spikes), (torch.stack(mems) if self.record else None)
 
     def forward(self, cur_seq: torch.Tensor) -> torch.Tensor:
+        """Spike trains ``[T, B, ...]``; with ``record`` set, membranes go to ``last_mem``."""
         if self.grad_mode == "rate" and torch.is_grad_enabled() and cur_seq.requires_grad:
             spk_seq = self._rate_forward(cur_seq)
         else:
@@ -108,4 +109,6 @@ class LIF(nn.Module):
             spk_seq, self.last_mem = self._loop(cur_seq, self.neuron.spike_grad)
         thr = self.neuron.threshold.to(cur_seq.dtype)
         proxy = torch.relu(cur_seq.mean(0) / thr)
+        if self.last_mem is not None:  # membrane readout / recording: identity gradient to the input current
+            self.last_mem = self.last_mem + (cur_seq - cur_seq.detach())
         return spk_seq + (proxy - proxy.detach()).unsqueeze(0)

@@ -7,12 +7,12 @@ from typing import Any, Dict, List, Sequence
 import numpy as np
 import torch
 
-from .utils import atomic_path, save_figure_atomic, write_json_atomic
+from .utils import atomic_path
 
 
 def json_ready(result: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
     """The JSON-serializable part of :func:`robust_snn.attacks.evaluate`'s result."""
-    skip = {"examples", "clean_predictions", "clean_logits"}
+    skip = {"examples", "example_predictions", "clean_predictions", "clean_logits"}
     return {**extra, **{k: v for k, v in result.items() if k not in skip}}
 
 
@@ -52,24 +52,26 @@ def save_attack_outputs(out_dir: str | Path, result: Dict[str, Any], *, indices:
         "clean_predictions": result["clean_predictions"].clone(),
         "adversarial": {},
     }
-    preds: Dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        device = next(model.parameters()).device
-        for key, x_adv in examples.items():
-            p = torch.cat([model(x_adv[i:i + 500].to(device)).argmax(1).cpu() for i in range(0, len(x_adv), 500)])
-            preds[key] = p
-            tensors["adversarial"][key] = {"images": x_adv.clone(), "predictions": p}
-    with atomic_path(out / "adversarial.pt") as tmp:
-        torch.save(tensors, tmp)
-    write_json_atomic(out / "results.json", summary)
-    files = [str(out / "adversarial.pt"), str(out / "results.json")]
-    if examples:
-        import matplotlib.pyplot as plt
+    for key, x_adv in examples.items():
+        # the predictions the results were judged by (averaged over forward draws for stochastic encoders)
+        tensors["adversarial"][key] = {"images": x_adv.clone(), "predictions": result["example_predictions"][key].clone()}
+    import contextlib
+    import json
 
-        fig = examples_figure(model, x, y, examples, n=n_figure)
-        save_figure_atomic(fig, out / "examples.png", dpi=100)
-        plt.close(fig)
-        files.append(str(out / "examples.png"))
+    names = ["adversarial.pt", "results.json"] + (["examples.png"] if examples else [])
+    # All files are written to temporary names first and renamed together at the end,
+    # so an interrupt leaves either the complete new set or nothing new.
+    with contextlib.ExitStack() as stack:
+        tmp = {name: stack.enter_context(atomic_path(out / name)) for name in names}
+        torch.save(tensors, tmp["adversarial.pt"])
+        tmp["results.json"].write_text(json.dumps(summary, indent=2) + "\n")
+        if examples:
+            import matplotlib.pyplot as plt
+
+            fig = examples_figure(model, x, y, examples, n=n_figure)
+            fig.savefig(tmp["examples.png"], format="png", dpi=100)
+            plt.close(fig)
+    files = [str(out / name) for name in names]
     return files
 
 

@@ -43,6 +43,7 @@ class TrainSettings:
     val_split: float = 0.05
     limit: Optional[int] = None
     test_limit: Optional[int] = None
+    augment_shift: int = 0
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -55,6 +56,8 @@ class TrainSettings:
             raise RobustSNNError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
         if self.scheduler not in SCHEDULERS:
             raise RobustSNNError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
+        if not 0 <= self.augment_shift <= 8:
+            raise RobustSNNError(f"--augment-shift must be in [0, 8] pixels, got {self.augment_shift}")
         if self.loss not in LOSSES:
             raise RobustSNNError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
 
@@ -70,6 +73,23 @@ def spike_loss(logits: torch.Tensor, y: torch.Tensor, *, kind: str, num_steps: i
     target = torch.full_like(logits, 0.2 * num_steps)
     target.scatter_(1, y.unsqueeze(1), 0.8 * num_steps)
     return F.mse_loss(logits, target)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, *, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by a random integer offset in [-max_shift, max_shift] (zero fill).
+
+    Shape: ``[B, C, H, W]`` -> ``[B, C, H, W]``.
+    """
+    if max_shift == 0:
+        return x
+    b, c, h, w = x.shape
+    m = max_shift
+    padded = F.pad(x, (m, m, m, m))
+    sy = torch.randint(0, 2 * m + 1, (b,), generator=generator)
+    sx = torch.randint(0, 2 * m + 1, (b,), generator=generator)
+    rows = (sy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (sx[:, None] + torch.arange(w))[:, None, None, :]
+    return padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
 
 
 def _make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
@@ -140,6 +160,8 @@ def train(
     )
     x_all, y_all = load_split(settings.dataset, "train", data_dir=data_dir, limit=settings.limit)
     (x_tr, y_tr), val = split_validation(x_all, y_all, settings.val_split, seed=settings.seed)
+    if len(x_tr) == 0:
+        raise RobustSNNError("no training images left after the validation split; lower --val-split or raise --limit")
 
     seed_everything(settings.seed)
     model = SpikingClassifier(cfg).to(dev)
@@ -174,7 +196,8 @@ def train(
         t0 = time.perf_counter()
         bar = progress_bar(batches(len(x_tr), settings.batch_size, shuffle=True, generator=gen), enabled=progress, desc=f"epoch {epoch}/{settings.epochs}")
         for idx in bar:
-            xb, yb = x_tr[idx].to(dev), y_tr[idx].to(dev)
+            xb = random_shift(x_tr[idx], settings.augment_shift, generator=gen)
+            xb, yb = xb.to(dev), y_tr[idx].to(dev)
             logits = model(xb)
             loss = spike_loss(logits, yb, kind=settings.loss, num_steps=model.num_steps)
             opt.zero_grad(set_to_none=True)

@@ -62,13 +62,16 @@ def test_rate_coded_model_fgsm_changes_input_and_uses_eot():
     atk = build_attack(get_spec("fgsm"), EOT(model, samples=4), 0.1, {}, n_classes=10)
     x_adv = atk(x, y)
     assert (x_adv - x).abs().amax() == pytest.approx(0.1, abs=1e-6), "FGSM must move a rate-coded input"
-    seen = []
-    handle = model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].shape[0]))
     with pytest.warns(RobustnessWarning, match="randomized"):
-        res = evaluate(model, x, y, attacks=["fgsm"], eps=[0.1], eot_samples=4, samples=3)
+        evaluate(model, x, y, attacks=["fgsm"], eps=[0.1], eot_samples=4, samples=3)
+    seen = []
+    handle = model.register_forward_pre_hook(lambda m, inp: seen.append((inp[0].shape[0], torch.is_grad_enabled())))
+    res = evaluate(model, x, y, attacks=["fgsm"], eps=[0.1], eot_samples=4, samples=3, checks=False)
     handle.remove()
     assert res["stochastic"] and res["eot_samples"] == 4 and res["eval_samples"] == 3
-    assert 6 * 4 in seen, "gradients must be averaged over 4 encoder draws"
+    assert (6 * 3, False) in seen, "predictions are judged over 3 forward draws"
+    grad_calls = [b for b, g in seen if g]
+    assert grad_calls and all(b % 4 == 0 and b >= 4 for b in grad_calls), "every gradient averages 4 encoder draws"
 
 
 def test_direct_model_skips_eot(tiny_model, correct_batch):
@@ -88,7 +91,8 @@ def test_worst_case_is_per_sample_minimum(tiny_model, mnist_test):
     for w in res["worst_case"]:
         rows = [r for r in res["results"] if r["eps"] == w["eps"]]
         assert w["robust_accuracy"] <= min(r["robust_accuracy"] for r in rows)
-    assert res["worst_case"][0]["robust_accuracy"] == res["clean_accuracy"]  # eps = 0
+    assert res["worst_case"][0]["robust_accuracy"] == res["clean_accuracy"]  # eps = 0: attacks ran, changed nothing
+    assert all(r["linf_max"] == 0 for r in res["results"] if r["eps"] == 0)
     accs = [w["robust_accuracy"] for w in res["worst_case"]]
     assert accs == sorted(accs, reverse=True)
     assert {c["name"] for c in res["checks"]} >= {"eps=0 reproduces clean accuracy", "robust accuracy non-increasing in eps",
@@ -142,3 +146,47 @@ def test_bad_arguments(tiny_model, correct_batch):
         evaluate(tiny_model, x, y, attacks=["foo"])
     with pytest.raises(RobustSNNError, match="images must be in"):
         evaluate(tiny_model, x * 2, y)
+
+
+def test_dropout_batchnorm_model_is_judged_in_eval_mode():
+    torch.manual_seed(0)
+    model = build_model("csnn-deep", channels=[4, 8, 8, 8], hidden=[16], threshold=0.3, num_steps=3).eval()
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    res = evaluate(model, x, y, attacks=["fgsm", "pgd"], eps=[0.0, 0.05], steps=3, keep_examples=True)
+    assert not model.training
+    for k, v in stats.items():
+        assert torch.equal(model.state_dict()[k], v), f"attack changed BatchNorm statistic {k}"
+    with torch.no_grad():
+        preds = model(res["examples"]["pgd@0.05"]).argmax(1)
+    assert torch.equal(preds, res["example_predictions"]["pgd@0.05"])
+    assert res["results"][0]["robust_accuracy"] == 1.0  # fgsm at eps 0
+
+
+@pytest.mark.parametrize("surrogate", ["rate", "ensemble"])
+def test_rate_gradient_with_membrane_readout(surrogate):
+    torch.manual_seed(0)
+    model = build_model("csnn", channels=[4, 8], hidden=[16], readout="membrane", threshold=0.3, num_steps=4).eval()
+    x = torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    res = evaluate(model, x, y, attacks=["pgd"], eps=[0.3], steps=5, surrogate=surrogate)
+    assert res["results"][0]["robust_accuracy"] < 1.0
+
+
+def test_checks_catch_a_broken_attack(tiny_model, correct_batch, monkeypatch):
+    """An 'attack' that ignores its budget (Gaussian noise) must fail the eps=0 and bound checks."""
+    import torchattacks
+
+    from robust_snn.attacks import registry
+
+    broken = registry.AttackSpec("noise", "Linf", "ignores eps", {}, lambda model, eps, p, k, eot: torchattacks.GN(model, std=0.5))
+    monkeypatch.setitem(registry.ATTACKS, "noise", broken)
+    x, y = correct_batch
+    with pytest.warns(RobustnessWarning, match="sanity check failed"):
+        res = evaluate(tiny_model, x, y, attacks=["noise"], eps=[0.05])
+    failed = {c["name"] for c in res["checks"] if not c["passed"]}
+    assert "perturbations within eps and inside [0, 1]" in failed
+    assert "eps=0 reproduces clean accuracy" in failed

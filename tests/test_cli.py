@@ -51,6 +51,8 @@ def test_info_lists_everything(runner):
         (["attack", "--checkpoint", "CKPT", "--surrogate", "relu"], "unknown surrogate"),
         (["train", "--out", "OUT", "--model", "vgg"], "unknown model"),
         (["train", "--out", "OUT", "--epochs", "0"], "--epochs must be >= 1"),
+        (["train", "--out", "OUT", "--reset", "sometimes"], "unknown reset mechanism"),
+        (["train", "--out", "OUT", "--val-split", "0.95"], "no training images left"),
     ],
 )
 def test_bad_input_one_line_error(runner, tiny_checkpoint, tmp_path, data_dir, args, message):

@@ -75,3 +75,15 @@ def test_bad_settings(tmp_path, data_dir):
         train(TINY, _settings(optimizer="lbfgs"), out=tmp_path / "m.pt", data_dir=str(data_dir), progress=False)
     with pytest.raises(RobustSNNError, match=r"must end in \.pt"):
         train(TINY, _settings(), out=tmp_path / "m.ckpt", data_dir=str(data_dir), progress=False)
+
+
+def test_random_shift_moves_content_within_bounds():
+    from robust_snn.training import random_shift
+
+    x = torch.zeros(50, 1, 9, 9)
+    x[:, 0, 4, 4] = 1.0
+    out = random_shift(x, 2, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.all(out.sum((1, 2, 3)) == 1)  # nothing lost or duplicated
+    pos = torch.nonzero(out[:, 0])[:, 1:]
+    assert (pos - 4).abs().max() == 2 and len({tuple(p) for p in pos.tolist()}) > 5
+    assert torch.equal(random_shift(x, 0, generator=torch.Generator()), x)

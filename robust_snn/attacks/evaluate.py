@@ -117,8 +117,8 @@ def evaluate(
     n_eval = int(samples or DEFAULT_STOCHASTIC_SAMPLES) if stochastic else 1
     if eot < 1 or n_eval < 1:
         raise RobustSNNError("--eot-samples and --samples must be >= 1")
-    attacked = EOT(model, samples=eot)  # what gradient attacks see
-    judge = EOT(model, samples=n_eval)  # how predictions are judged
+    attacked = EOT(model, samples=eot).eval()  # what gradient attacks see
+    judge = EOT(model, samples=n_eval).eval()  # how predictions are judged
     n_classes = int(getattr(model, "config", {}).get("num_classes", 0) or 0)
 
     def reseed() -> None:
@@ -146,8 +146,10 @@ def evaluate(
 
     results: List[Dict[str, Any]] = []
     examples: Dict[str, torch.Tensor] = {}
+    example_predictions: Dict[str, torch.Tensor] = {}
     robust_masks: Dict[tuple, torch.Tensor] = {}
     eps_zero_acc: Optional[float] = None
+    eps_zero_ref = clean_acc
     jobs = [(spec, e) for spec in specs for e in (eps if spec.norm == "Linf" else eps_l2)]
     outer = progress_bar(jobs, enabled=progress, desc="attacks")
     try:
@@ -166,6 +168,7 @@ def evaluate(
             linf = delta.abs().max(1).values
             l2 = delta.norm(dim=1)
             bound = linf if spec.norm == "Linf" else l2
+            attacked_any = bool(clean_correct.any())
             row = {
                 "attack": spec.name,
                 "norm": spec.norm,
@@ -178,11 +181,11 @@ def evaluate(
                 "clean_accuracy": clean_acc,
                 "robust_accuracy": correct.float().mean().item(),
                 "success_rate": ((clean_correct & ~correct).sum().item() / max(1, clean_correct.sum().item())),
-                "linf_mean": linf.mean().item(),
+                "linf_mean": linf[clean_correct].mean().item() if attacked_any else 0.0,
                 "linf_max": linf.max().item(),
-                "l2_mean": l2.mean().item(),
+                "l2_mean": l2[clean_correct].mean().item() if attacked_any else 0.0,
                 "l2_max": l2.max().item(),
-                "spike_count_change": (adv_logits - clean_logits).abs().sum(1).mean().item(),
+                "spike_count_change": (adv_logits - clean_logits).abs().sum(1)[clean_correct].mean().item() if attacked_any else 0.0,
                 "seconds": seconds,
                 "img_per_s": n / seconds if seconds > 0 else float("nan"),
                 "within_bound": bool((bound <= e + TOL_BOUND).all().item()),
@@ -198,6 +201,20 @@ def evaluate(
                 eps_zero_acc = row["robust_accuracy"]
             if keep_examples:
                 examples[f"{spec.name}@{e:g}"] = x_adv
+                example_predictions[f"{spec.name}@{e:g}"] = adv_logits.argmax(1)
+        if checks and eps_zero_acc is None:
+            # eps = 0 was not in the grid: attack a subset at eps = 0 with the first budgeted attack.
+            zspec = next((s for s in specs if not s.minimum_norm), None)
+            if zspec is not None:
+                m = min(n, batch_size)
+                reseed()
+                _, z_logits = _attack_all(
+                    zspec, attack_params(zspec, steps=steps, queries=queries, seed=seed), 0.0, model, attacked, judge,
+                    x[:m], y[:m], clean_logits[:m], grads=grads[:1], restarts=1, batch_size=batch_size, n_classes=n_classes,
+                    eot=eot, device=device, progress=False,
+                )
+                eps_zero_acc = (z_logits.argmax(1) == y[:m]).float().mean().item()
+                eps_zero_ref = clean_correct[:m].float().mean().item()
     finally:
         model.train(was_training)
 
@@ -207,7 +224,7 @@ def evaluate(
         for (norm, e), mask in sorted(robust_masks.items(), key=lambda kv: (kv[0][0] != "Linf", kv[0][0], kv[0][1]))
     ]
     if checks:
-        check_list += check_results(results, clean_accuracy=clean_acc, n=n, eps_zero_accuracy=eps_zero_acc, stochastic=stochastic)
+        check_list += check_results(results, clean_accuracy=eps_zero_ref, n=n, eps_zero_accuracy=eps_zero_acc, stochastic=stochastic)
     out: Dict[str, Any] = {
         "n": n,
         "clean_accuracy": clean_acc,
@@ -224,6 +241,7 @@ def evaluate(
     }
     if keep_examples:
         out["examples"] = examples
+        out["example_predictions"] = example_predictions
     return out
 
 
@@ -234,7 +252,7 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, model, attac
     adv_logits = clean_logits.clone()
     best_margin = margins(clean_logits, y)
     todo = torch.nonzero(best_margin.isfinite() & (clean_logits.argmax(1) == y)).squeeze(1)
-    if e == 0.0 or len(todo) == 0:
+    if len(todo) == 0 or (e == 0.0 and spec.minimum_norm):  # no budget: a minimum-norm attack cannot succeed
         return x_adv, adv_logits
     target = model if spec.uses_own_eot else attacked
     atk = build_attack(spec, target, e, params, n_classes=n_classes, eot_samples=eot)
@@ -248,6 +266,7 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, model, attac
                     idx = alive[start:start + batch_size]
                     xb, yb = x[idx].to(device), y[idx].to(device)
                     adv = atk(xb, yb).detach()
+                    model.eval()  # torchattacks restores the wrapper's mode; judge in eval mode
                     if spec.minimum_norm:  # outside the budget: the attack failed
                         too_far = (adv - xb).flatten(1).norm(dim=1) > e
                         adv[too_far] = xb[too_far]
