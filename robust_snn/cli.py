@@ -32,14 +32,23 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _int_list(value: Optional[str], name: str) -> Optional[List[int]]:
+def _number_list(value: Optional[str], name: str, cast: Callable[[str], Any] = float) -> Optional[List[Any]]:
+    """Parse ``"1,2,3"``; ``None`` stays ``None``."""
     if value is None:
         return None
+    kind = "integers" if cast is int else "numbers"
     try:
-        items = [int(v) for v in value.replace(" ", "").split(",") if v]
+        items = [cast(v) for v in value.replace(" ", "").split(",") if v]
     except ValueError:
-        raise RobustSNNError(f"{name} must be comma-separated integers, got {value!r}") from None
-    if not items or any(v < 1 for v in items):
+        raise RobustSNNError(f"{name} must be comma-separated {kind}, got {value!r}") from None
+    if not items:
+        raise RobustSNNError(f"{name} is empty")
+    return items
+
+
+def _int_list(value: Optional[str], name: str) -> Optional[List[int]]:
+    items = _number_list(value, name, int)
+    if items is not None and any(v < 1 for v in items):
         raise RobustSNNError(f"{name} must be positive integers, got {value!r}")
     return items
 
@@ -177,17 +186,6 @@ def eval_cmd(checkpoint: Optional[str], dataset: Optional[str], split: str, limi
         click.echo(f"wrote {', '.join(result['files'])}")
 
 
-def _float_list(value: Optional[str], name: str) -> Optional[List[float]]:
-    if value is None:
-        return None
-    try:
-        items = [float(v) for v in value.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise RobustSNNError(f"{name} must be comma-separated numbers, got {value!r}") from None
-    if not items:
-        raise RobustSNNError(f"{name} is empty")
-    return items
-
 
 @main.command()
 @checkpoint_option
@@ -228,8 +226,8 @@ def attack(checkpoint: Optional[str], attack_names: str, eps: str, eps_l2: Optio
     from .surrogates import parse_spec
 
     names = [a.strip() for a in attack_names.split(",") if a.strip()]
-    eps_list = _float_list(eps, "--eps")
-    eps_l2_list = _float_list(eps_l2, "--eps-l2")
+    eps_list = _number_list(eps, "--eps")
+    eps_l2_list = _number_list(eps_l2, "--eps-l2")
     if surrogate is not None and surrogate != "ensemble":
         parse_spec(surrogate)
     model = load_model(checkpoint, device=device, num_steps=num_steps)

@@ -19,48 +19,32 @@ from .errors import RobustSNNError
 SpikeFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-class _TriangleSpike(torch.autograd.Function):
-    """Heaviside forward; triangular backward ``max(0, 1 - |u| / width) / width``."""
+class _HeavisideSpike(torch.autograd.Function):
+    """Heaviside forward ``u > 0``; backward ``grad_out * kind(u, param)``."""
 
     @staticmethod
-    def forward(ctx, u: torch.Tensor, width: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, u: torch.Tensor, kind: str, param: float) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(u)
-        ctx.width = width
+        ctx.kind, ctx.param = kind, param
         return (u > 0).to(u.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         (u,) = ctx.saved_tensors
-        w = ctx.width
-        return grad_out * torch.clamp(1.0 - u.abs() / w, min=0.0) / w, None
-
-
-class _SigmoidSpike(torch.autograd.Function):
-    """Heaviside forward; logistic-derivative backward ``k s(ku) (1 - s(ku))``.
-
-    Same gradient as ``snntorch.surrogate.sigmoid`` but numerically stable:
-    snnTorch's ``exp(-ku) / (exp(-ku) + 1)^2`` gives NaN (inf/inf) for
-    membrane potentials far below threshold.
-    """
-
-    @staticmethod
-    def forward(ctx, u: torch.Tensor, slope: float) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(u)
-        ctx.slope = slope
-        return (u > 0).to(u.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        (u,) = ctx.saved_tensors
-        s = torch.sigmoid(ctx.slope * u)
-        return grad_out * ctx.slope * s * (1.0 - s), None
+        p = ctx.param
+        if ctx.kind == "triangular":  # max(0, 1 - |u| / w) / w
+            grad = torch.clamp(1.0 - u.abs() / p, min=0.0) / p
+        else:  # sigmoid: k s(ku) (1 - s(ku)); stable form of snnTorch's exp(-ku)/(exp(-ku)+1)^2, which is NaN (inf/inf) far below threshold
+            s = torch.sigmoid(p * u)
+            grad = p * s * (1.0 - s)
+        return grad_out * grad, None, None
 
 
 def _sigmoid(slope: float = 25.0) -> SpikeFn:
     slope = float(slope)
 
     def inner(u: torch.Tensor) -> torch.Tensor:
-        return _SigmoidSpike.apply(u, slope)
+        return _HeavisideSpike.apply(u, "sigmoid", slope)
 
     return inner
 
@@ -69,7 +53,7 @@ def _triangular(width: float = 1.0) -> SpikeFn:
     width = float(width)
 
     def inner(u: torch.Tensor) -> torch.Tensor:
-        return _TriangleSpike.apply(u, width)
+        return _HeavisideSpike.apply(u, "triangular", width)
 
     return inner
 
