@@ -16,6 +16,66 @@ from torch import nn
 from .surrogates import make_spike_fn
 
 RESET_MECHANISMS = ("subtract", "zero", "none")
+_RESET_CODE = {"subtract": 0, "zero": 1, "none": 2}
+
+
+def _lif_forward(cur_seq: torch.Tensor, beta: torch.Tensor, thr: torch.Tensor, reset: int, spike_fn) -> tuple:
+    """The LIF recurrence of ``snn.Leaky`` (reset_delay=True); returns (spk_seq, mem_seq)."""
+    mem = torch.zeros_like(cur_seq[0])
+    spk_prev = torch.zeros_like(cur_seq[0])
+    spikes: List[torch.Tensor] = []
+    mems: List[torch.Tensor] = []
+    for t in range(cur_seq.shape[0]):
+        r = spk_prev.detach()  # == snn.Leaky.mem_reset(mem): detached Heaviside of the previous step
+        if reset == 0:
+            mem = beta * mem + cur_seq[t] - r * thr
+        elif reset == 1:
+            mem = beta * ((1 - r) * mem) + cur_seq[t]
+        else:
+            mem = beta * mem + cur_seq[t]
+        spk_prev = spike_fn(mem - thr)
+        spikes.append(spk_prev)
+        mems.append(mem)
+    return torch.stack(spikes), torch.stack(mems)
+
+
+class _FusedLIF(torch.autograd.Function):
+    """Whole-sequence LIF with a hand-written BPTT backward (exact, not truncated).
+
+    Saves only the spike function's input ``u = mem - thr`` (and the spikes for
+    reset-to-zero) instead of autograd's per-step intermediates.
+    Backward: ``g_mem[t] = g_spk[t] * s'(u[t]) + g_mem_out[t] + g_mem[t+1] * dmem[t+1]/dmem[t]``
+    with ``dmem[t+1]/dmem[t] = beta`` (subtract, none) or ``beta * (1 - spk[t])`` (zero);
+    the reset term is detached, as in snnTorch. ``s'`` is taken from the spike
+    function's own backward, so any surrogate works.
+    """
+
+    @staticmethod
+    def forward(ctx, cur_seq, beta, thr, reset, spike_fn):  # type: ignore[override]
+        with torch.no_grad():
+            spk_seq, mem_seq = _lif_forward(cur_seq, beta, thr, reset, spike_fn)
+        ctx.save_for_backward(mem_seq - thr, spk_seq if reset == 1 else None, beta)
+        ctx.reset, ctx.spike_fn = reset, spike_fn
+        return spk_seq, mem_seq
+
+    @staticmethod
+    def backward(ctx, g_spk, g_mem):  # type: ignore[override]
+        u_seq, spk_seq, beta = ctx.saved_tensors
+        with torch.enable_grad():
+            u = u_seq.detach().requires_grad_(True)
+            (dsdu,) = torch.autograd.grad(ctx.spike_fn(u), u, grad_outputs=torch.ones_like(u))
+        g_cur = torch.empty_like(u_seq)
+        carry = torch.zeros_like(u_seq[0])
+        for t in range(u_seq.shape[0] - 1, -1, -1):
+            gm = carry
+            if g_spk is not None:
+                gm = gm + g_spk[t] * dsdu[t]
+            if g_mem is not None:
+                gm = gm + g_mem[t]
+            g_cur[t] = gm
+            if t > 0:
+                carry = gm * beta if ctx.reset != 1 else gm * beta * (1 - spk_seq[t - 1])
+        return g_cur, None, None, None, None
 
 
 class LIF(nn.Module):
@@ -64,6 +124,8 @@ class LIF(nn.Module):
         self.grad_mode = "surrogate"
         self.last_mem: Optional[torch.Tensor] = None
         self.record = False
+        #: use the fused whole-sequence autograd function (False: plain autograd loop, the reference)
+        self.fused = True
 
     def extra_repr(self) -> str:
         return f"reset={self.reset_mechanism}, grad_mode={self.grad_mode}"
@@ -71,23 +133,12 @@ class LIF(nn.Module):
     def _loop(self, cur_seq: torch.Tensor, spike_fn) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         beta = self.neuron.beta.clamp(0, 1).to(cur_seq.dtype)
         thr = self.neuron.threshold.to(cur_seq.dtype)
-        mem = torch.zeros_like(cur_seq[0])
-        spk_prev = torch.zeros_like(cur_seq[0])
-        spikes: List[torch.Tensor] = []
-        mems: List[torch.Tensor] = []
-        for t in range(cur_seq.shape[0]):
-            reset = spk_prev.detach()  # == snn.Leaky.mem_reset(mem): detached Heaviside
-            if self.reset_mechanism == "subtract":
-                mem = beta * mem + cur_seq[t] - reset * thr
-            elif self.reset_mechanism == "zero":
-                mem = beta * ((1 - reset) * mem) + cur_seq[t]
-            else:
-                mem = beta * mem + cur_seq[t]
-            spk_prev = spike_fn(mem - thr)
-            spikes.append(spk_prev)
-            if self.record:
-                mems.append(mem)
-        return torch.stack(spikes), (torch.stack(mems) if self.record else None)
+        reset = _RESET_CODE[self.reset_mechanism]
+        if self.fused and not (beta.requires_grad or thr.requires_grad):
+            spk_seq, mem_seq = _FusedLIF.apply(cur_seq, beta, thr, reset, spike_fn)
+        else:  # plain autograd through the loop: the reference path
+            spk_seq, mem_seq = _lif_forward(cur_seq, beta, thr, reset, spike_fn)
+        return spk_seq, (mem_seq if self.record else None)
 
     def forward(self, cur_seq: torch.Tensor) -> torch.Tensor:
         """Spike trains ``[T, B, ...]``; with ``record`` set, membranes go to ``last_mem``."""
