@@ -20,33 +20,6 @@ def num_eval_samples(model: SpikingClassifier, samples: Optional[int] = None) ->
     return int(samples or DEFAULT_STOCHASTIC_SAMPLES)
 
 
-@torch.inference_mode()
-def predict_logits(
-    model: SpikingClassifier,
-    x: torch.Tensor,
-    *,
-    batch_size: int = 500,
-    samples: Optional[int] = None,
-    num_steps: Optional[int] = None,
-    device: Optional[torch.device] = None,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Logits for all of ``x`` (averaged over forward samples for stochastic encoders), on CPU.
-
-    Shape: ``[N, C, H, W]`` -> ``[N, K]``.
-    """
-    device = device or next(model.parameters()).device
-    n_samples = num_eval_samples(model, samples)
-    out: List[torch.Tensor] = []
-    for start in progress_bar(range(0, len(x), batch_size), enabled=progress, desc="eval"):
-        xb = x[start: start + batch_size].to(device)
-        acc = model(xb, num_steps=num_steps).float()
-        for _ in range(n_samples - 1):
-            acc += model(xb, num_steps=num_steps).float()
-        out.append((acc / n_samples).cpu())
-    return torch.cat(out)
-
-
 def evaluate_clean(
     model: SpikingClassifier,
     x: torch.Tensor,

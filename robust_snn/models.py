@@ -199,6 +199,7 @@ class SpikingClassifier(nn.Module):
         spikes, mems = [], []
         for m in self.lif_layers:
             m.record = record
+        self.stages[-1].lif.record = record or self.readout == "membrane"  # membrane readout needs its trace
         try:
             first = self.stages[0]
             if self.encoder.static:
@@ -224,13 +225,6 @@ class SpikingClassifier(nn.Module):
         if self.readout == "count":
             logits = spk_seq.sum(0)
         else:
-            if last_mem is None:  # not recorded: rerun the output loop with recording
-                self.stages[-1].lif.record = True
-                try:
-                    self.stages[-1].lif(cur.view(T, B, *cur.shape[1:]))
-                finally:
-                    self.stages[-1].lif.record = False
-                last_mem = self.stages[-1].lif.last_mem
             logits = last_mem.mean(0)
         if record:
             return logits, Recording(list(self.stage_names), spikes, mems, input_seq)
