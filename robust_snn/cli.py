@@ -106,6 +106,13 @@ def main(verbose: int) -> None:
 @click.option("--limit", type=int, default=None, help="Use only the first N training images.")
 @click.option("--test-limit", type=int, default=None, help="Evaluate on only the first N test images.")
 @click.option("--augment-shift", type=int, default=0, show_default=True, help="Random translation of up to N pixels (augmentation).")
+@click.option("--adv", default="none", show_default=True, help="Adversarial training: none, fgsm-rs, pgd or trades.")
+@click.option("--adv-eps", type=float, default=0.3, show_default=True, help="L-inf radius of adversarial training (pixel scale).")
+@click.option("--adv-steps", type=int, default=7, show_default=True, help="Attack steps for pgd and trades.")
+@click.option("--adv-alpha", type=float, default=None, help="Attack step size (default: 1.25 eps for fgsm-rs, 2.5 eps / steps otherwise).")
+@click.option("--adv-warmup", type=int, default=0, show_default=True, help="Epochs over which eps ramps up linearly.")
+@click.option("--trades-beta", type=float, default=6.0, show_default=True, help="TRADES robustness weight.")
+@click.option("--noise-sigma", type=float, default=0.0, show_default=True, help="Gaussian noise augmentation (for randomized smoothing).")
 @click.option("--resume/--no-resume", default=False, show_default=True, help="Continue an interrupted run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @data_dir_option
@@ -114,8 +121,9 @@ def main(verbose: int) -> None:
 def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, out: str, batch_size: int, lr: float,
           optimizer: str, weight_decay: float, scheduler: str, loss: str, beta: float, threshold: float,
           reset_mechanism: str, surrogate: str, dropout: Optional[float], channels: Optional[str], hidden: Optional[str],
-          readout: str, seed: int, val_split: float, limit: Optional[int], test_limit: Optional[int], augment_shift: int, resume: bool,
-          quiet: bool, data_dir: Optional[str], device: str) -> None:
+          readout: str, seed: int, val_split: float, limit: Optional[int], test_limit: Optional[int], augment_shift: int, adv: str,
+          adv_eps: float, adv_steps: int, adv_alpha: Optional[float], adv_warmup: int, trades_beta: float, noise_sigma: float,
+          resume: bool, quiet: bool, data_dir: Optional[str], device: str) -> None:
     """Train a spiking classifier and write a checkpoint with logs and curves."""
     from .training import TrainSettings, train as train_fn
 
@@ -127,7 +135,8 @@ def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, o
     settings = TrainSettings(
         dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
         scheduler=scheduler, loss=loss, seed=seed, val_split=val_split, limit=limit, test_limit=test_limit,
-        augment_shift=augment_shift,
+        augment_shift=augment_shift, adv=adv, adv_eps=adv_eps, adv_steps=adv_steps, adv_alpha=adv_alpha,
+        adv_warmup=adv_warmup, trades_beta=trades_beta, noise_sigma=noise_sigma,
     )
     _, metrics = train_fn(model_config, settings, out=out, data_dir=data_dir, device=device, resume=resume,
                           command=_command_line(), progress=not quiet)

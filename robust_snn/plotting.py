@@ -43,6 +43,8 @@ def training_curves_figure(history: List[Dict[str, float]]) -> Figure:
     ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], marker="o", label="train")
     if any(h.get("val_accuracy") is not None for h in history):
         ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], marker="o", label="validation")
+    if any(h.get("val_pgd_accuracy") is not None for h in history):
+        ax_acc.plot(epochs, [100 * h["val_pgd_accuracy"] for h in history], marker="o", label="validation, PGD-10")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.legend()

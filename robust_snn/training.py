@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import save_checkpoint
+from .defenses.adversarial import craft, trades_loss, validate_adv, warmup_eps
 from .data import batches, dataset_info, load_split, split_validation
 from .errors import RobustSNNError
 from .evaluation import evaluate_clean
@@ -44,6 +45,13 @@ class TrainSettings:
     limit: Optional[int] = None
     test_limit: Optional[int] = None
     augment_shift: int = 0
+    adv: str = "none"
+    adv_eps: float = 0.3
+    adv_steps: int = 7
+    adv_alpha: Optional[float] = None
+    adv_warmup: int = 0
+    trades_beta: float = 6.0
+    noise_sigma: float = 0.0
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -60,6 +68,13 @@ class TrainSettings:
             raise RobustSNNError(f"--augment-shift must be in [0, 8] pixels, got {self.augment_shift}")
         if self.loss not in LOSSES:
             raise RobustSNNError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
+        validate_adv(self.adv, self.adv_eps, self.adv_steps, self.adv_alpha, self.trades_beta)
+        if self.adv_warmup < 0 or self.adv_warmup > self.epochs:
+            raise RobustSNNError(f"--adv-warmup must be between 0 and --epochs ({self.epochs}), got {self.adv_warmup}")
+        if not 0 <= self.noise_sigma <= 1:
+            raise RobustSNNError(f"--noise-sigma must be in [0, 1], got {self.noise_sigma}")
+        if self.adv == "trades" and self.loss != "ce":
+            raise RobustSNNError("--adv trades needs --loss ce")
 
 
 def spike_loss(logits: torch.Tensor, y: torch.Tensor, *, kind: str, num_steps: int) -> torch.Tensor:
@@ -195,11 +210,25 @@ def train(
         tot_loss = tot_correct = tot_n = 0.0
         t0 = time.perf_counter()
         bar = progress_bar(batches(len(x_tr), settings.batch_size, shuffle=True, generator=gen), enabled=progress, desc=f"epoch {epoch}/{settings.epochs}")
-        for idx in bar:
+        for i, idx in enumerate(bar):
             xb = random_shift(x_tr[idx], settings.augment_shift, generator=gen)
             xb, yb = xb.to(dev), y_tr[idx].to(dev)
-            logits = model(xb)
-            loss = spike_loss(logits, yb, kind=settings.loss, num_steps=model.num_steps)
+            if settings.noise_sigma > 0:  # Gaussian augmentation for randomized smoothing (Cohen et al. 2019)
+                xb = xb + settings.noise_sigma * torch.randn_like(xb)
+            if settings.adv == "none":
+                logits = model(xb)
+                loss = spike_loss(logits, yb, kind=settings.loss, num_steps=model.num_steps)
+            else:
+                e = warmup_eps(settings.adv_eps, step=(epoch - 1) * steps_per_epoch + i, warmup_steps=settings.adv_warmup * steps_per_epoch)
+                alpha = None if settings.adv_alpha is None else settings.adv_alpha * e / settings.adv_eps
+                x_adv = craft(model, xb.clamp(0, 1), yb, method=settings.adv, eps=e, steps=settings.adv_steps, alpha=alpha)
+                if settings.adv == "trades":
+                    logits_clean = model(xb)
+                    logits = model(x_adv)
+                    loss = trades_loss(logits_clean, logits, yb, beta=settings.trades_beta)
+                else:
+                    logits = model(x_adv)
+                    loss = spike_loss(logits, yb, kind=settings.loss, num_steps=model.num_steps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -217,6 +246,7 @@ def train(
             "train_accuracy": tot_correct / tot_n,
             "val_loss": None,
             "val_accuracy": None,
+            "val_pgd_accuracy": None,
             "lr": opt.param_groups[0]["lr"],
             "seconds": epoch_seconds,
             "img_per_s": tot_n / epoch_seconds,
@@ -232,11 +262,15 @@ def train(
                     vc += (lg.argmax(1).cpu() == val[1][idx]).sum().item()
             row["val_loss"] = sum(vl) / len(val[0])
             row["val_accuracy"] = vc / len(val[0])
+            if settings.adv != "none":
+                row["val_pgd_accuracy"] = _val_pgd_accuracy(model, val, settings.adv_eps, dev)
         history.append(row)
         log.info(
             "epoch %d: loss %.4f, train acc %.2f%%%s, %.0f img/s",
             epoch, row["train_loss"], 100 * row["train_accuracy"],
-            "" if row["val_accuracy"] is None else f", val acc {100 * row['val_accuracy']:.2f}%", row["img_per_s"],
+            ("" if row["val_accuracy"] is None else f", val acc {100 * row['val_accuracy']:.2f}%")
+            + ("" if row["val_pgd_accuracy"] is None else f", val PGD-10 acc {100 * row['val_pgd_accuracy']:.2f}%"),
+            row["img_per_s"],
         )
         _write_logs(out, history)
         state = {
@@ -275,6 +309,21 @@ def train(
     save_checkpoint(out, model, metrics=metrics, recipe=recipe)
     sp.unlink(missing_ok=True)
     return model, {**metrics, "history": history, "checkpoint": str(out), "train_seconds": train_seconds}
+
+
+VAL_PGD_SAMPLES = 1000
+
+
+def _val_pgd_accuracy(model: SpikingClassifier, val: Tuple[torch.Tensor, torch.Tensor], eps: float, dev: torch.device) -> float:
+    """PGD-10 accuracy (random start, alpha 2.5 eps / 10) on up to the first 1000 validation images."""
+    x, y = val[0][:VAL_PGD_SAMPLES], val[1][:VAL_PGD_SAMPLES]
+    correct = 0
+    for idx in batches(len(x), 500):
+        xb, yb = x[idx].to(dev), y[idx].to(dev)
+        x_adv = craft(model, xb, yb, method="pgd", eps=eps, steps=10)
+        with torch.inference_mode():
+            correct += (model(x_adv).argmax(1) == yb).sum().item()
+    return correct / len(x)
 
 
 def _write_logs(out: Path, history: List[Dict[str, Any]]) -> None:

@@ -1,0 +1,1 @@
+"""Defenses: preprocessors, detectors, adversarial training and randomized smoothing."""
