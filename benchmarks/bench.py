@@ -56,7 +56,8 @@ def _sync(device: torch.device) -> None:
 def forward_flops(model, num_steps: int, *, layer_by_layer: bool) -> float:
     """Multiply-add FLOPs (2 per MAC) of one image's forward pass, conv and linear layers only."""
     total = 0.0
-    x = torch.zeros(1, model.config["in_channels"], *model.config["image_size"])
+    dev = next(model.parameters()).device
+    x = torch.zeros(1, model.config["in_channels"], *model.config["image_size"], device=dev)
     h = model.preprocess(x)
     for i, stage in enumerate(model.stages):
         for layer in stage.layers:

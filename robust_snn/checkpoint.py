@@ -123,5 +123,6 @@ def load_model(
         model.num_steps = int(num_steps)
     model.checkpoint_path = str(path)  # type: ignore[attr-defined]
     model.checkpoint_metrics = dict(payload.get("metrics", {}))  # type: ignore[attr-defined]
+    model.checkpoint_recipe = dict(payload.get("recipe", {}))  # type: ignore[attr-defined]
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     return model.to(dev).eval()

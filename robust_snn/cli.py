@@ -7,7 +7,7 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 import click
 
@@ -215,13 +215,20 @@ def eval_cmd(checkpoint: Optional[str], dataset: Optional[str], split: str, limi
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Save adversarial examples, results JSON and a figure here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--checks/--no-checks", default=True, show_default=True, help="Sanity checks (Carlini et al. 2019).")
+@click.option("--defense", "defenses", multiple=True, help="Input preprocessor, repeatable, applied in order: "
+              "blur:sigma=1.0,kernel=5 or quantize:bits=4.")
+@click.option("--detector", default=None, help="Detector with rejection, e.g. tcc:fpr=0.05 (calibrated on held-out clean data).")
+@click.option("--adaptive/--no-adaptive", default=True, show_default=True,
+              help="Attack the defended model (adaptive) or craft on the undefended model and transfer.")
+@click.option("--calibration-size", type=int, default=1000, show_default=True, help="Clean images used to calibrate --detector.")
 @data_dir_option
 @device_option
 @_user_errors
 def attack(checkpoint: Optional[str], attack_names: str, eps: str, eps_l2: Optional[str], steps: Optional[int], queries: Optional[int],
            restarts: int, surrogate: Optional[str], eot_samples: Optional[int], samples: Optional[int], dataset: Optional[str],
            limit: Optional[int], num_steps: Optional[int], batch_size: int, seed: int, out: Optional[str], as_json: bool,
-           checks: bool, data_dir: Optional[str], device: str) -> None:
+           checks: bool, defenses: tuple, detector: Optional[str], adaptive: bool, calibration_size: int,
+           data_dir: Optional[str], device: str) -> None:
     """Attack a checkpoint through surrogate gradients and report robust accuracy."""
     import warnings
 
@@ -241,14 +248,17 @@ def attack(checkpoint: Optional[str], attack_names: str, eps: str, eps_l2: Optio
         parse_spec(surrogate)
     model = load_model(checkpoint, device=device, num_steps=num_steps)
     ds = dataset or model.config["dataset"]
-    x, y = load_split(ds, "test", data_dir=data_dir, limit=limit)
+    target, source, x, y, notes = _defended_setup(model, ds, defenses=defenses, detector=detector, adaptive=adaptive,
+                                                  calibration_size=calibration_size, limit=limit, data_dir=data_dir)
     torch.manual_seed(seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RobustnessWarning)
-        result = evaluate(model, x, y, attacks=names, eps=eps_list, eps_l2=eps_l2_list, steps=steps, queries=queries,
+        result = evaluate(target, x, y, attacks=names, eps=eps_list, eps_l2=eps_l2_list, steps=steps, queries=queries,
                           restarts=restarts, surrogate=surrogate, eot_samples=eot_samples, samples=samples,
-                          batch_size=batch_size, seed=seed, checks=checks, progress=not as_json, keep_examples=out is not None)
+                          batch_size=batch_size, seed=seed, checks=checks, progress=not as_json, keep_examples=out is not None,
+                          source_model=source)
     summary = json_ready(result, checkpoint=model.checkpoint_path, dataset=ds, split="test", num_steps=model.num_steps,
+                         defense=getattr(target, "describe", lambda: "none")(), adaptive=adaptive, notes=notes,
                          command=_command_line())
     if out:
         summary["files"] = save_attack_outputs(out, result, indices=torch.arange(len(x)), x=x, y=y, model=model, summary=summary)
@@ -259,9 +269,105 @@ def attack(checkpoint: Optional[str], attack_names: str, eps: str, eps_l2: Optio
         if issubclass(w.category, RobustnessWarning):
             click.echo(f"warning: {w.message}", err=True)
     click.echo(f"checkpoint: {model.checkpoint_path}  ({ds} test, T={model.num_steps})")
+    if defenses or detector:
+        click.echo(f"defense: {summary['defense']}  ({'adaptive' if adaptive else 'non-adaptive: examples crafted on the undefended model'})")
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     click.echo(format_table(result))
     if out:
         click.echo(f"wrote {', '.join(summary['files'])}")
+
+
+def _defended_setup(model: Any, ds: str, *, defenses: Sequence[str], detector: Optional[str], adaptive: bool,
+                    calibration_size: int, limit: Optional[int], data_dir: Optional[str]) -> tuple:
+    """The model to evaluate (defended or not), the model to craft on (``None``: the same), test data, notes."""
+    from .data import load_split
+    from .defenses.registry import build_defended, held_out_calibration
+
+    notes: List[str] = []
+    if not defenses and detector is None:
+        if not adaptive:
+            raise RobustSNNError("--no-adaptive needs a --defense or --detector to transfer to")
+        x, y = load_split(ds, "test", data_dir=data_dir, limit=limit)
+        return model, None, x, y, notes
+    calib = None
+    if detector is not None:
+        if calibration_size < 20:
+            raise RobustSNNError(f"--calibration-size must be >= 20, got {calibration_size}")
+        calib = held_out_calibration(model, ds, data_dir=data_dir, n=calibration_size)
+    if detector is not None and calib is None:
+        x_all, y_all = load_split(ds, "test", data_dir=data_dir)
+        if len(x_all) <= calibration_size:
+            raise RobustSNNError("not enough test images to hold out a detector calibration set; give --data-dir with the training split")
+        calib = x_all[-calibration_size:]
+        keep = len(x_all) - calibration_size if limit is None else min(limit, len(x_all) - calibration_size)
+        x, y = x_all[:keep], y_all[:keep]
+        notes.append(f"no held-out training images for this checkpoint (trained on the whole split, or the split is not local): the detector is calibrated on the last {calibration_size} test images, "
+                     f"which are left out of the evaluation")
+    else:
+        x, y = load_split(ds, "test", data_dir=data_dir, limit=limit)
+    defended = build_defended(model, list(defenses), detector, calibration=calib)
+    return defended, (None if adaptive else model), x, y, notes
+
+
+@main.command()
+@checkpoint_option
+@click.option("--sigma", type=float, default=0.25, show_default=True, help="Gaussian noise level (pixel scale).")
+@click.option("--n", "n", type=int, default=1000, show_default=True, help="Monte-Carlo samples for the bound.")
+@click.option("--n0", type=int, default=100, show_default=True, help="Samples to pick the top class.")
+@click.option("--alpha", type=float, default=0.001, show_default=True, help="Failure probability of the certificate.")
+@click.option("--limit", type=int, default=None, help="Only the first N test images.")
+@click.option("--skip", type=int, default=1, show_default=True, help="Certify every k-th image (as in Cohen et al.).")
+@click.option("--batch-size", type=int, default=500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Write certify.json, certify.csv and certify.png here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@data_dir_option
+@device_option
+@_user_errors
+def certify(checkpoint: Optional[str], sigma: float, n: int, n0: int, alpha: float, limit: Optional[int], skip: int,
+            batch_size: int, seed: int, out: Optional[str], as_json: bool, data_dir: Optional[str], device: str) -> None:
+    """Randomized-smoothing L2 certificates (Cohen et al. 2019): certified accuracy vs radius."""
+    from .checkpoint import load_model
+    from .data import load_split
+    from .defenses.smoothing import certified_accuracy_figure, certify_dataset
+
+    if skip < 1:
+        raise RobustSNNError(f"--skip must be >= 1, got {skip}")
+    model = load_model(checkpoint, device=device)
+    x, y = load_split(model.config["dataset"], "test", data_dir=data_dir, limit=limit)
+    idx = list(range(0, len(x), skip))
+    res = certify_dataset(model, x[idx], y[idx], sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
+                          indices=idx, progress=not as_json)
+    res = {"checkpoint": model.checkpoint_path, "command": _command_line(), **res}
+    if out:
+        import csv
+        import io
+
+        import matplotlib.pyplot as plt
+
+        from .utils import save_figure_atomic, write_json_atomic, write_text_atomic
+
+        d = Path(out)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(res["rows"][0].keys()))
+        w.writeheader()
+        w.writerows(res["rows"])
+        write_text_atomic(d / "certify.csv", buf.getvalue())
+        fig = certified_accuracy_figure([res])
+        save_figure_atomic(fig, d / "certify.png", dpi=110)
+        plt.close(fig)
+        write_json_atomic(d / "certify.json", res)
+        res["files"] = [str(d / f) for f in ("certify.json", "certify.csv", "certify.png")]
+    if as_json:
+        _echo_json(res)
+        return
+    click.echo(f"checkpoint: {res['checkpoint']}  sigma={sigma:g} n0={n0} n={n} alpha={alpha:g}  ({res['count']} images, {res['seconds']:.0f} s)")
+    click.echo(f"smoothed accuracy {100 * res['accuracy']:.2f}%, abstained {100 * res['abstain_rate']:.2f}%, "
+               f"mean certified radius {res['mean_certified_radius']:.3f}")
+    click.echo("certified accuracy at L2 radius: " + ", ".join(f"{r['radius']:g}: {100 * r['certified_accuracy']:.1f}%" for r in res["table"]))
+    if out:
+        click.echo(f"wrote {', '.join(res['files'])}")
 
 
 @main.command()

@@ -52,3 +52,35 @@ def training_curves_figure(history: List[Dict[str, float]]) -> Figure:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def roc_curve(neg: "torch.Tensor", pos: "torch.Tensor") -> tuple:
+    """False- and true-positive rates over all thresholds (scores: higher = positive)."""
+    import torch
+
+    scores = torch.cat([neg, pos]).double()
+    labels = torch.cat([torch.zeros(len(neg)), torch.ones(len(pos))]).double()
+    order = torch.argsort(scores, descending=True)
+    tp = torch.cumsum(labels[order], 0)
+    fp = torch.cumsum(1 - labels[order], 0)
+    fpr = torch.cat([torch.zeros(1), fp / max(1, len(neg))])
+    tpr = torch.cat([torch.zeros(1), tp / max(1, len(pos))])
+    return fpr.numpy(), tpr.numpy()
+
+
+def roc_figure(scores: Dict[str, tuple], *, title: str = "detector") -> Figure:
+    """ROC curves of a detector, clean (negatives) vs successful adversarial examples (positives), one per attack/eps."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    for key, (neg, pos) in scores.items():
+        if len(neg) == 0 or len(pos) == 0:
+            continue
+        fpr, tpr = roc_curve(neg, pos)
+        ax.plot(fpr, tpr, label=key)
+    ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1)
+    ax.set_xlabel("false-positive rate (clean rejected)")
+    ax.set_ylabel("true-positive rate (adversarial detected)")
+    ax.set_title(f"ROC: {title}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

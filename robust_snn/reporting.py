@@ -12,7 +12,7 @@ from .utils import atomic_path
 
 def json_ready(result: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
     """The JSON-serializable part of :func:`robust_snn.attacks.evaluate`'s result."""
-    skip = {"examples", "example_predictions", "clean_predictions", "clean_logits"}
+    skip = {"examples", "example_predictions", "clean_predictions", "clean_logits", "detector_scores"}
     return {**extra, **{k: v for k, v in result.items() if k not in skip}}
 
 
@@ -30,9 +30,21 @@ def format_table(result: Dict[str, Any]) -> str:
             f"{100 * r['success_rate']:>8.2f}%{r['linf_mean']:>8.3f}/{r['linf_max']:<7.3f}{r['l2_mean']:>7.2f}/{r['l2_max']:<7.2f}"
             f"{r['spike_count_change']:>9.2f}{r['seconds']:>8.1f}{r['img_per_s']:>8.1f}"
         )
+    det = result.get("detector")
+    if det:
+        lines.append(f"detector {det['spec']} (threshold {det['threshold']:.3f}): clean rejection rate "
+                     f"{100 * det['clean_rejection_rate']:.2f}% (target {100 * det['fpr_target']:g}%), clean accuracy with rejection "
+                     f"{100 * det['clean_accuracy_with_rejection']:.2f}%")
+        lines.append(f"  {'attack':<11}{'eps':>6}{'detected':>10}{'AUROC':>8}{'robust w/ rejection':>21}")
+        for r in result["results"]:
+            if "detection_rate" in r:
+                dr = "-" if r["detection_rate"] is None else f"{100 * r['detection_rate']:.1f}%"
+                au = "-" if r["auroc"] is None else f"{r['auroc']:.3f}"
+                lines.append(f"  {r['attack']:<11}{r['eps']:>6g}{dr:>10}{au:>8}{100 * r['robust_accuracy_with_rejection']:>20.2f}%")
     lines.append("worst case over attacks (per sample):")
     for w in result["worst_case"]:
-        lines.append(f"  {w['norm']:<5} eps={w['eps']:<6g} robust accuracy {100 * w['robust_accuracy']:.2f}%  ({', '.join(w['attacks'])})")
+        rej = f", with rejection {100 * w['robust_accuracy_with_rejection']:.2f}%" if "robust_accuracy_with_rejection" in w else ""
+        lines.append(f"  {w['norm']:<5} eps={w['eps']:<6g} robust accuracy {100 * w['robust_accuracy']:.2f}%{rej}  ({', '.join(w['attacks'])})")
     if result["checks"]:
         lines.append("sanity checks:")
         for c in result["checks"]:
@@ -58,7 +70,8 @@ def save_attack_outputs(out_dir: str | Path, result: Dict[str, Any], *, indices:
     import contextlib
     import json
 
-    names = ["adversarial.pt", "results.json"] + (["examples.png"] if examples else [])
+    scores = result.get("detector_scores") or {}
+    names = ["adversarial.pt", "results.json"] + (["examples.png"] if examples else []) + (["roc.png"] if scores else [])
     # All files are written to temporary names first and renamed together at the end,
     # so an interrupt leaves either the complete new set or nothing new.
     with contextlib.ExitStack() as stack:
@@ -70,6 +83,14 @@ def save_attack_outputs(out_dir: str | Path, result: Dict[str, Any], *, indices:
 
             fig = examples_figure(model, x, y, examples, n=n_figure)
             fig.savefig(tmp["examples.png"], format="png", dpi=100)
+            plt.close(fig)
+        if scores:
+            import matplotlib.pyplot as plt
+
+            from .plotting import roc_figure
+
+            fig = roc_figure(scores, title=(result.get("detector") or {}).get("spec", "detector"))
+            fig.savefig(tmp["roc.png"], format="png", dpi=100)
             plt.close(fig)
     files = [str(out / name) for name in names]
     return files

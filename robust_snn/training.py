@@ -265,6 +265,9 @@ def train(
             if settings.adv != "none":
                 row["val_pgd_accuracy"] = _val_pgd_accuracy(model, val, settings.adv_eps, dev)
         history.append(row)
+        if abs(row["train_loss"] - math.log(cfg["num_classes"])) < 1e-3 and settings.loss == "ce":
+            log.warning("epoch %d: the network is silent (uniform output, loss = ln K); lower --lr, or ramp the attack with "
+                        "--adv-warmup for adversarial training", epoch)
         log.info(
             "epoch %d: loss %.4f, train acc %.2f%%%s, %.0f img/s",
             epoch, row["train_loss"], 100 * row["train_accuracy"],

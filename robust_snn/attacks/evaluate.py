@@ -61,6 +61,8 @@ def evaluate(
     checks: bool = True,
     progress: bool = False,
     keep_examples: bool = False,
+    source_model: Optional[torch.nn.Module] = None,
+    adaptive_detector_attack: bool = True,
 ) -> Dict[str, Any]:
     """Attack ``model`` on ``(x, y)`` with every attack at every budget.
 
@@ -83,6 +85,15 @@ def evaluate(
         seed: seeds the global RNG and the encoder's generator.
         checks: run the sanity checks.
         keep_examples: include ``examples`` (adversarial images per attack/eps) in the result.
+        source_model: craft the examples on this model instead (non-adaptive / transfer
+            evaluation of a defended ``model``); predictions are always judged on ``model``.
+        adaptive_detector_attack: when ``model`` has a detector and the evaluation is
+            adaptive, add ``pgd-tcc`` (PGD that also evades the detector) to the attacks.
+
+    With a detector (``model.detector``, e.g. :class:`~robust_snn.defenses.Defended`),
+    every row also reports the detection rate of successful examples, the AUROC of
+    detector scores (clean vs successful adversarial), and robust accuracy with
+    rejection (an input counts as defended if rejected or classified correctly).
 
     Returns:
         dict with ``n``, ``clean_accuracy``, ``results`` (one dict per attack and
@@ -97,6 +108,14 @@ def evaluate(
     specs = [get_spec(a) for a in attacks]
     if not specs:
         raise RobustSNNError("no attack given")
+    detector = getattr(model, "detector", None)
+    if any(sp.needs_detector for sp in specs) and detector is None:
+        raise RobustSNNError("pgd-tcc attacks a detector: give one (--detector tcc)")
+    if any(sp.needs_detector for sp in specs) and source_model is not None:
+        raise RobustSNNError("pgd-tcc is an adaptive attack; it cannot run with --no-adaptive")
+    if detector is not None and source_model is None and adaptive_detector_attack and not any(sp.needs_detector for sp in specs):
+        specs.append(get_spec("pgd-tcc"))
+        log.info("detector present: adding the adaptive attack pgd-tcc")
     eps = [float(e) for e in eps]
     eps_l2 = [float(e) for e in (eps_l2 if eps_l2 is not None else DEFAULT_EPS_L2)]
     for e in eps:
@@ -117,7 +136,10 @@ def evaluate(
     n_eval = int(samples or DEFAULT_STOCHASTIC_SAMPLES) if stochastic else 1
     if eot < 1 or n_eval < 1:
         raise RobustSNNError("--eot-samples and --samples must be >= 1")
-    attacked = EOT(model, samples=eot).eval()  # what gradient attacks see
+    crafter = model if source_model is None else source_model
+    if source_model is not None:
+        source_model.eval()
+    attacked = EOT(crafter, samples=eot).eval()  # what gradient attacks see
     judge = EOT(model, samples=n_eval).eval()  # how predictions are judged
     n_classes = int(getattr(model, "config", {}).get("num_classes", 0) or 0)
 
@@ -138,6 +160,8 @@ def evaluate(
     clean_seconds = time.perf_counter() - t0
     clean_correct = clean_logits.argmax(1) == y
     clean_acc = clean_correct.float().mean().item()
+    clean_scores = _detector_scores(model, x, batch_size) if detector is not None else None
+    clean_rejected = clean_scores > float(detector.threshold) if detector is not None else None
 
     check_list: List[Dict[str, Any]] = []
     if checks:
@@ -148,6 +172,8 @@ def evaluate(
     examples: Dict[str, torch.Tensor] = {}
     example_predictions: Dict[str, torch.Tensor] = {}
     robust_masks: Dict[tuple, torch.Tensor] = {}
+    rejection_masks: Dict[tuple, torch.Tensor] = {}
+    examples_scores: Dict[str, tuple] = {}
     eps_zero_acc: Optional[float] = None
     eps_zero_ref = clean_acc
     jobs = [(spec, e) for spec in specs for e in (eps if spec.norm == "Linf" else eps_l2)]
@@ -159,7 +185,7 @@ def evaluate(
             params = attack_params(spec, steps=steps, queries=queries, seed=seed)
             t1 = time.perf_counter()
             x_adv, adv_logits = _attack_all(
-                spec, params, e, model, attacked, judge, x, y, clean_logits, grads=grads, restarts=restarts,
+                spec, params, e, crafter, attacked, judge, x, y, clean_logits, grads=grads, restarts=restarts,
                 batch_size=batch_size, n_classes=n_classes, eot=eot, device=device, progress=progress,
             )
             seconds = time.perf_counter() - t1
@@ -193,10 +219,27 @@ def evaluate(
                 "iterative": spec.iterative,
                 "gradient_free": spec.gradient_free,
                 "minimum_norm": spec.minimum_norm,
+                "adaptive": source_model is None,
             }
+            defended_mask = correct
+            if detector is not None:
+                adv_scores = _detector_scores(model, x_adv, batch_size)
+                rejected = adv_scores > float(detector.threshold)
+                success = clean_correct & ~correct
+                defended_mask = correct | rejected
+                row.update({
+                    "detection_rate": rejected[success].float().mean().item() if success.any() else None,
+                    "auroc": _auroc(clean_scores[clean_correct], adv_scores[success]) if success.any() and clean_correct.any() else None,
+                    "robust_accuracy_with_rejection": defended_mask.float().mean().item(),
+                    "clean_rejection_rate": clean_rejected.float().mean().item(),
+                })
+                if keep_examples:
+                    examples_scores[f"{spec.name}@{e:g}"] = (clean_scores[clean_correct], adv_scores[success])
             results.append(row)
             key = (spec.norm, e)
             robust_masks[key] = correct if key not in robust_masks else (robust_masks[key] & correct)
+            if detector is not None:
+                rejection_masks[key] = defended_mask if key not in rejection_masks else (rejection_masks[key] & defended_mask)
             if e == 0.0 and spec.norm == "Linf" and eps_zero_acc is None:
                 eps_zero_acc = row["robust_accuracy"]
             if keep_examples:
@@ -209,7 +252,7 @@ def evaluate(
                 m = min(n, batch_size)
                 reseed()
                 _, z_logits = _attack_all(
-                    zspec, attack_params(zspec, steps=steps, queries=queries, seed=seed), 0.0, model, attacked, judge,
+                    zspec, attack_params(zspec, steps=steps, queries=queries, seed=seed), 0.0, crafter, attacked, judge,
                     x[:m], y[:m], clean_logits[:m], grads=grads[:1], restarts=1, batch_size=batch_size, n_classes=n_classes,
                     eot=eot, device=device, progress=False,
                 )
@@ -223,6 +266,9 @@ def evaluate(
          "attacks": [r["attack"] for r in results if r["norm"] == norm and r["eps"] == e]}
         for (norm, e), mask in sorted(robust_masks.items(), key=lambda kv: (kv[0][0] != "Linf", kv[0][0], kv[0][1]))
     ]
+    for w in worst_case:
+        if (w["norm"], w["eps"]) in rejection_masks:
+            w["robust_accuracy_with_rejection"] = rejection_masks[(w["norm"], w["eps"])].float().mean().item()
     if checks:
         check_list += check_results(results, clean_accuracy=eps_zero_ref, n=n, eps_zero_accuracy=eps_zero_acc, stochastic=stochastic)
     out: Dict[str, Any] = {
@@ -238,11 +284,33 @@ def evaluate(
         "checks": check_list,
         "clean_predictions": clean_logits.argmax(1),
         "clean_logits": clean_logits,
+        "adaptive": source_model is None,
     }
+    if detector is not None:
+        out["detector"] = {"spec": detector.spec(), "threshold": float(detector.threshold), "fpr_target": detector.fpr,
+                           "clean_rejection_rate": clean_rejected.float().mean().item(),
+                           "clean_accuracy_with_rejection": (clean_correct & ~clean_rejected).float().mean().item()}
+        if keep_examples:
+            out["detector_scores"] = examples_scores
     if keep_examples:
         out["examples"] = examples
         out["example_predictions"] = example_predictions
     return out
+
+
+def _detector_scores(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return torch.cat([model.score(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+
+
+def _auroc(neg: torch.Tensor, pos: torch.Tensor) -> float:
+    """Area under the ROC curve of scores (positives should score higher); ties count half (Mann-Whitney U)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(torch.cat([neg, pos]).double().numpy())
+    u = ranks[len(neg):].sum() - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(pos) * len(neg)))
 
 
 def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, model, attacked, judge, x, y, clean_logits, *,

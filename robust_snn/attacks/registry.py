@@ -13,6 +13,7 @@ import torch
 import torchattacks
 
 from ..errors import RobustSNNError
+from .consistency_pgd import ConsistencyPGD
 from .cw import CW
 
 
@@ -32,6 +33,7 @@ class AttackSpec:
             beyond the budget count as failures.
         uses_own_eot: averages gradients over encoder draws itself (EOTPGD),
             so it gets the unwrapped model.
+        needs_detector: attacks a :class:`~robust_snn.defenses.Defended` model's detector too.
         paper: reference.
     """
 
@@ -44,6 +46,7 @@ class AttackSpec:
     gradient_free: bool = False
     minimum_norm: bool = False
     uses_own_eot: bool = False
+    needs_detector: bool = False
     paper: str = ""
 
 
@@ -57,6 +60,11 @@ def _fgsm(model, eps, p, n_classes, eot):
 
 def _pgd(model, eps, p, n_classes, eot):
     return torchattacks.PGD(model, eps=eps, alpha=_alpha(eps, p), steps=int(p["steps"]), random_start=bool(p["random_start"]))
+
+
+def _pgd_tcc(model, eps, p, n_classes, eot):
+    return ConsistencyPGD(model, eps=eps, alpha=_alpha(eps, p), steps=int(p["steps"]), lam=float(p["lam"]),
+                          random_start=bool(p["random_start"]))
 
 
 def _pgdl2(model, eps, p, n_classes, eot):
@@ -108,6 +116,9 @@ ATTACKS: Dict[str, AttackSpec] = {
                    paper="https://arxiv.org/abs/1412.6572"),
         AttackSpec("pgd", "Linf", "projected gradient descent, random start", dict(_PGD_DEFAULTS), _pgd,
                    paper="https://arxiv.org/abs/1706.06083"),
+        AttackSpec("pgd-tcc", "Linf", "adaptive PGD vs the tcc detector: all time windows + detector score",
+                   {**_PGD_DEFAULTS, "lam": 1.0}, _pgd_tcc, uses_own_eot=True, needs_detector=True,
+                   paper="https://arxiv.org/abs/2002.08347"),
         AttackSpec("pgdl2", "L2", "PGD in the L2 ball, random start", dict(_PGD_DEFAULTS), _pgdl2,
                    paper="https://arxiv.org/abs/1706.06083"),
         AttackSpec("eotpgd", "Linf", "PGD with gradients averaged over encoder draws", dict(_PGD_DEFAULTS), _eotpgd,

@@ -1,0 +1,78 @@
+"""Build defenses from CLI/spec strings: ``blur:sigma=1.0,kernel=5``, ``quantize:bits=4``, ``tcc:fpr=0.05``."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import RobustSNNError
+from .base import Defended, Detector, Preprocessor, check_kwargs, parse_defense_spec
+from .blur import GaussianBlur
+from .quantize import Quantize
+from .tcc import TemporalConsistencyDetector
+
+PREPROCESSORS: Dict[str, Callable[..., Preprocessor]] = {"blur": GaussianBlur, "quantize": Quantize}
+PREPROCESSOR_PARAMS = {"blur": ("sigma", "kernel"), "quantize": ("bits",)}
+DETECTORS = {"tcc": TemporalConsistencyDetector}
+DETECTOR_PARAMS = {"tcc": ("fpr", "windows", "draws")}
+
+
+def make_preprocessor(spec: str) -> Optional[Preprocessor]:
+    """A preprocessor from its spec; ``none`` gives ``None``."""
+    name, params = parse_defense_spec(spec)
+    if name == "none":
+        return None
+    if name not in PREPROCESSORS:
+        raise RobustSNNError(f"unknown defense {name!r}; choose from: none, {', '.join(PREPROCESSORS)}")
+    check_kwargs(name, params, PREPROCESSOR_PARAMS[name])
+    return PREPROCESSORS[name](**params)
+
+
+def make_detector(spec: str, model: nn.Module) -> Detector:
+    """An uncalibrated detector on ``model`` (call ``calibrate``)."""
+    name, params = parse_defense_spec(spec)
+    if name not in DETECTORS:
+        raise RobustSNNError(f"unknown detector {name!r}; choose from: {', '.join(DETECTORS)}")
+    check_kwargs(name, params, DETECTOR_PARAMS[name])
+    return DETECTORS[name](model, **params)
+
+
+def build_defended(model: nn.Module, defenses: Sequence[str] = (), detector: Optional[str] = None,
+                   calibration: Optional[torch.Tensor] = None) -> Defended:
+    """Wrap ``model`` in preprocessors (in order) and an optional detector calibrated on ``calibration``.
+
+    The detector watches the preprocessed input's spike trains, so it is built on
+    the preprocessors + model pipeline.
+    """
+    pres = [p for p in (make_preprocessor(s) for s in defenses) if p is not None]
+    dev = next(model.parameters()).device
+    pres = [p.to(dev) for p in pres]
+    defended = Defended(model, preprocessors=pres)
+    if detector is not None:
+        det = make_detector(detector, model)
+        if calibration is None:
+            raise RobustSNNError("a detector needs clean calibration images")
+        det.calibrate(defended.preprocess_input(calibration.to(dev)).cpu() if pres else calibration)
+        defended.detector = det
+    return defended
+
+
+def held_out_calibration(model: nn.Module, dataset: str, *, data_dir: Optional[str] = None, n: int = 1000) -> Optional[torch.Tensor]:
+    """Clean images the checkpoint never trained on: its own held-out validation split of the training data.
+
+    Uses the checkpoint recipe's ``seed``, ``val_split`` and ``limit`` to rebuild
+    exactly the split training held out. Returns ``None`` when the training split
+    is not available locally (no download is attempted) or nothing was held out.
+    """
+    from ..data import load_split, split_validation
+
+    recipe = getattr(model, "checkpoint_recipe", {}) or {}
+    try:
+        x, y = load_split(dataset, "train", data_dir=data_dir, download=False, limit=recipe.get("limit"))
+    except RobustSNNError:
+        return None
+    _, val = split_validation(x, y, float(recipe.get("val_split", 0.05)), seed=int(recipe.get("seed", 0)))
+    if val is None:
+        return None
+    return val[0][:n]
