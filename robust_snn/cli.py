@@ -371,6 +371,109 @@ def certify(checkpoint: Optional[str], sigma: float, n: int, n0: int, alpha: flo
 
 
 @main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: experiments/results/NAME).")
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Skip finished cells; --no-resume moves old results aside.")
+@click.option("--max-cells", type=int, default=None, help="Stop after this many new cells.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@data_dir_option
+@_user_errors
+def sweep(spec: str, out: Optional[str], resume: bool, max_cells: Optional[int], quiet: bool, as_json: bool, data_dir: Optional[str]) -> None:
+    """Run an experiment spec (TOML): every model x defense x attack x eps x T cell, resumable."""
+    from .experiments.runner import run_sweep
+    from .experiments.spec import load_spec
+
+    s = load_spec(spec)
+    if max_cells is not None and max_cells < 1:
+        raise RobustSNNError(f"--max-cells must be >= 1, got {max_cells}")
+    out_dir = Path(out) if out else Path("experiments") / "results" / s.name
+    summary = run_sweep(s, out_dir, resume=resume, data_dir=data_dir, progress=not (quiet or as_json), max_cells=max_cells)
+    if as_json:
+        _echo_json(summary)
+        return
+    state = "complete" if summary["complete"] else f"{summary['done']}/{summary['cells']} cells done; rerun to resume"
+    click.echo(f"sweep {s.name}: {summary['new']} new cells in {summary['seconds']:.0f} s, {state}")
+    click.echo(f"wrote {', '.join(summary['files'])}")
+
+
+@main.command()
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for the plots (default: beside RESULTS).")
+@_user_errors
+def plot(results: str, out: Optional[str]) -> None:
+    """Plot accuracy vs eps (and vs T) from a sweep's results.csv or results.jsonl."""
+    from .experiments.plots import write_plots
+    from .experiments.runner import read_rows, rows_from_csv
+
+    p = Path(results)
+    if not p.is_file():
+        raise RobustSNNError(f"{p} not found")
+    jsonl = p if p.suffix == ".jsonl" else p.with_suffix(".jsonl")
+    if jsonl.is_file():
+        rows = read_rows(jsonl)
+        worst = None
+    else:
+        rows = rows_from_csv(p)
+        wc = p.with_name("worst_case.csv")
+        worst = None
+        if wc.is_file():
+            import csv
+
+            with open(wc, newline="") as f:
+                worst = [{**r, "eps": float(r["eps"]), "num_steps": int(r["num_steps"]), "seed": int(r["seed"]),
+                          "robust_accuracy": float(r["robust_accuracy"]), "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"])}
+                         for r in csv.DictReader(f)]
+    if not rows:
+        raise RobustSNNError(f"{p} holds no results")
+    files = write_plots(Path(out) if out else p.parent, rows, worst_rows=worst)
+    click.echo(f"wrote {', '.join(files)}")
+
+
+@main.command()
+@checkpoint_option
+@click.option("--index", type=int, default=None, help="Test image index (default: 0, or the first of --digit).")
+@click.option("--digit", type=int, default=None, help="Use the first correctly classified test image of this class.")
+@click.option("--attack", "attack_name", default="pgd", show_default=True, help="Attack to visualize.")
+@click.option("--eps", type=float, default=0.1, show_default=True, help="L∞ budget (L2 radius for L2 attacks).")
+@click.option("--steps", type=int, default=None, help="Attack iterations.")
+@click.option("--surrogate", default=None, help="Attack gradient (see attack --help).")
+@click.option("--timestep", type=int, default=None, help="Time step of the conv spike maps (default: T // 2).")
+@click.option("--out", type=click.Path(file_okay=False), default="figures", show_default=True, help="Output folder.")
+@click.option("--format", "fmt", type=click.Choice(["png", "svg", "gif"]), default="png", show_default=True,
+              help="png/svg: every figure in that format (plus the GIF animation); gif: only the animation.")
+@click.option("--tsne-samples", type=int, default=200, show_default=True, help="Test images in the t-SNE figure (0: skip).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@data_dir_option
+@device_option
+@_user_errors
+def visualize(checkpoint: Optional[str], index: Optional[int], digit: Optional[int], attack_name: str, eps: float, steps: Optional[int],
+              surrogate: Optional[str], timestep: Optional[int], out: str, fmt: str, tsne_samples: int, seed: int, as_json: bool,
+              data_dir: Optional[str], device: str) -> None:
+    """Clean vs adversarial spike trains of one test image, layer by layer, plus a t-SNE and a distance table."""
+    from .checkpoint import load_model
+    from .visualization import render_all
+
+    model = load_model(checkpoint, device=device)
+    summary = render_all(model, index=index, digit=digit, attack=attack_name, eps=eps, steps=steps, surrogate=surrogate,
+                         timestep=timestep, out=out, fmt=fmt, tsne_samples=tsne_samples, seed=seed, data_dir=data_dir,
+                         progress=not as_json)
+    summary["command"] = _command_line()
+    if as_json:
+        _echo_json(summary)
+        return
+    from .visualization import format_distances
+
+    click.echo(f"test image {summary['index']} (label {summary['label']}): clean prediction {summary['clean_prediction']}, "
+               f"{summary['attack']} eps={summary['eps']:g} -> {summary['adversarial_prediction']}")
+    for note in summary["notes"]:
+        click.echo(f"note: {note}", err=True)
+    click.echo(format_distances(summary["layers"]))
+    click.echo(f"wrote {', '.join(summary['files'])}")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_user_errors
 def info(as_json: bool) -> None:

@@ -1,0 +1,320 @@
+"""Run an experiment spec cell by cell, resumably, appending one row per finished cell.
+
+Files in the output folder:
+
+* ``results.jsonl`` — one JSON object per finished cell (with per-sample masks), appended and fsynced;
+* ``results.csv`` — the same rows without masks (rewritten atomically after each cell);
+* ``worst_case.csv`` — per (model, defense, surrogate, T, seed, eps): the per-sample worst case over attacks;
+* ``accuracy_vs_eps.png/.svg`` (and ``accuracy_vs_T.png/.svg`` when T varies), ``report.md``, ``spec.toml``.
+
+Killed at any point (SIGKILL included) and rerun, the runner drops a torn last
+line, skips finished cells and ends with every cell exactly once.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import RobustSNNError
+from ..utils import progress_bar, write_text_atomic
+from .spec import AttackEntry, DefenseEntry, ExperimentSpec, ModelEntry
+from .stats import wilson_interval
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["model", "defense", "detector", "adaptive", "attack", "attack_kind", "surrogate", "eps", "num_steps", "seed", "n",
+           "clean_accuracy", "robust_accuracy", "ci_low", "ci_high", "success_rate", "detection_rate",
+           "robust_accuracy_with_rejection", "clean_rejection_rate", "within_bound", "seconds", "key"]
+WORST_COLUMNS = ["model", "defense", "detector", "surrogate", "num_steps", "seed", "eps", "n", "robust_accuracy", "ci_low", "ci_high",
+                 "robust_accuracy_with_rejection", "attacks"]
+GROUP = ("model", "defense", "surrogate", "num_steps", "seed")
+
+
+def _attack_params_label(a: AttackEntry) -> str:
+    return f"steps={a.steps},queries={a.queries},restarts={a.restarts}"
+
+
+def cells(spec: ExperimentSpec) -> List[Dict[str, Any]]:
+    """All cells in run order; each has a unique ``key``."""
+    from ..attacks.registry import ATTACKS
+
+    out = []
+    for m in spec.models:
+        for d in spec.defenses:
+            for t in spec.num_steps:
+                for seed in spec.seeds:
+                    for s in spec.surrogates:
+                        for a in spec.attacks:
+                            if ATTACKS[a.attack].needs_detector and (d.detector is None or not d.adaptive):
+                                continue  # an attack on the detector needs an adaptive detector defense
+                            for e in (a.eps if a.eps is not None else spec.eps):
+                                key = "|".join([m.name, d.name, a.name, _attack_params_label(a), s or "model", f"{e:g}",
+                                                str(t or "model"), str(seed)])
+                                out.append({"model": m, "defense": d, "attack": a, "surrogate": s, "eps": float(e),
+                                            "num_steps": t, "seed": seed, "key": key})
+    return out
+
+
+def _pack(mask: torch.Tensor) -> str:
+    return np.packbits(mask.numpy().astype(np.uint8)).tobytes().hex()
+
+
+def unpack_mask(text: str, n: int) -> np.ndarray:
+    """Inverse of the mask encoding in ``results.jsonl``: a bool array of length ``n``."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)
+
+
+def read_rows(path: Path, *, repair: bool = False) -> List[Dict[str, Any]]:
+    """Rows of ``results.jsonl``; a torn last line (from a kill mid-write) is dropped (and cut off if ``repair``)."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    rows: List[Dict[str, Any]] = []
+    good_end = 0
+    pos = 0
+    for line in data.split(b"\n"):
+        end = pos + len(line) + 1
+        if line.strip():
+            if end > len(data):  # no trailing newline: torn
+                break
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        good_end = min(end, len(data))
+        pos = end
+    if repair and good_end < len(data):
+        log.warning("%s: dropping a torn last line (%d bytes) from an interrupted run", path, len(data) - good_end)
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    seen, unique = set(), []
+    for r in rows:
+        if r.get("key") not in seen:
+            seen.add(r.get("key"))
+            unique.append(r)
+    return unique
+
+
+def _append_row(path: Path, row: Dict[str, Any]) -> None:
+    line = (json.dumps(row) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _csv_text(rows: List[Dict[str, Any]], columns: List[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def worst_case_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per (model, defense, surrogate, T, seed, eps): a sample is robust only if every attack failed on it."""
+    groups: Dict[Tuple, List[Dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in GROUP) + (r["eps"],), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        n = rs[0]["n"]
+        mask = np.ones(n, dtype=bool)
+        rej = np.ones(n, dtype=bool) if all(r.get("defended_mask") for r in rs) else None
+        for r in rs:
+            mask &= unpack_mask(r["robust_mask"], n)
+            if rej is not None:
+                rej &= unpack_mask(r["defended_mask"], n)
+        k = int(mask.sum())
+        lo, hi = wilson_interval(k, n)
+        out.append({**{g: rs[0][g] for g in GROUP}, "detector": rs[0]["detector"], "eps": rs[0]["eps"], "n": n,
+                    "robust_accuracy": k / n, "ci_low": lo, "ci_high": hi,
+                    "robust_accuracy_with_rejection": (float(rej.mean()) if rej is not None else None),
+                    "attacks": " ".join(sorted({r["attack"] for r in rs}))})
+    return out
+
+
+class _Context:
+    """Loaded models, defended wrappers and data, reused across cells."""
+
+    def __init__(self, spec: ExperimentSpec, data_dir: Optional[str]) -> None:
+        self.spec, self.data_dir = spec, data_dir
+        self._models: Dict[Tuple, Any] = {}
+        self._defended: Dict[Tuple, Any] = {}
+        self._data: Dict[Tuple, Any] = {}
+
+    def model(self, m: ModelEntry, t: Optional[int]):
+        from ..checkpoint import load_model
+
+        k = (m.name, t)
+        if k not in self._models:
+            self._models = {k: load_model(m.checkpoint, device=self.spec.device, num_steps=t)}  # keep one at a time
+            self._defended = {}
+        return self._models[k]
+
+    def data(self, model: Any, with_calibration: bool):
+        from ..data import load_split
+        from ..defenses.registry import held_out_calibration
+
+        ds = self.spec.dataset or model.config["dataset"]
+        k = (ds, with_calibration)
+        if k not in self._data:
+            calib = held_out_calibration(model, ds, data_dir=self.data_dir, n=self.spec.calibration_size) if with_calibration else None
+            if with_calibration and calib is None:
+                x_all, y_all = load_split(ds, self.spec.split, data_dir=self.data_dir)
+                c = self.spec.calibration_size
+                keep = len(x_all) - c if self.spec.limit is None else self.spec.limit
+                if keep + c > len(x_all) or keep < 1:
+                    raise RobustSNNError(f"[data] limit {self.spec.limit} plus calibration_size {c} exceed the {len(x_all)} "
+                                         f"{self.spec.split} images; the detector's calibration images must be disjoint")
+                self._data[k] = (x_all[:keep], y_all[:keep], x_all[-c:])
+            else:
+                x, y = load_split(ds, self.spec.split, data_dir=self.data_dir, limit=self.spec.limit)
+                self._data[k] = (x, y, calib)
+        return self._data[k]
+
+    def target(self, m: ModelEntry, d: DefenseEntry, t: Optional[int]):
+        from ..defenses.registry import build_defended
+
+        model = self.model(m, t)
+        x, y, calib = self.data(model, d.detector is not None)
+        k = (m.name, d.name, t)
+        if k not in self._defended:
+            if not d.preprocessors and d.detector is None:
+                self._defended[k] = model
+            else:
+                self._defended[k] = build_defended(model, d.preprocessors, d.detector, calibration=calib)
+        return model, self._defended[k], x, y
+
+
+def run_cell(ctx: _Context, cell: Dict[str, Any], *, progress: bool = False) -> Dict[str, Any]:
+    """Evaluate one cell and return its row."""
+    from ..attacks import evaluate
+
+    m, d, a = cell["model"], cell["defense"], cell["attack"]
+    model, target, x, y = ctx.target(m, d, cell["num_steps"])
+    t0 = time.perf_counter()
+    res = evaluate(target, x, y, attacks=[a.attack], eps=[cell["eps"]], steps=a.steps, queries=a.queries, restarts=a.restarts,
+                   surrogate=cell["surrogate"], eot_samples=ctx.spec.eot_samples, samples=ctx.spec.samples,
+                   batch_size=ctx.spec.batch_size, seed=cell["seed"], checks=False, progress=progress, keep_examples=True,
+                   source_model=None if d.adaptive else model, adaptive_detector_attack=False)
+    r = res["results"][0]
+    key = f"{a.attack}@{cell['eps']:g}"
+    correct = res["example_predictions"][key] == y
+    n = len(y)
+    k = int(correct.sum())
+    lo, hi = wilson_interval(k, n)
+    row = {
+        "model": m.name, "defense": d.name, "detector": d.detector or "", "adaptive": d.adaptive, "attack": a.name,
+        "attack_kind": a.attack, "surrogate": cell["surrogate"] or "model", "eps": cell["eps"],
+        "num_steps": int(model.num_steps), "seed": cell["seed"], "n": n, "clean_accuracy": res["clean_accuracy"],
+        "robust_accuracy": k / n, "ci_low": lo, "ci_high": hi, "success_rate": r["success_rate"],
+        "detection_rate": r.get("detection_rate"), "robust_accuracy_with_rejection": r.get("robust_accuracy_with_rejection"),
+        "clean_rejection_rate": r.get("clean_rejection_rate"), "within_bound": bool(r["within_bound"] and r["in_range"]),
+        "seconds": time.perf_counter() - t0, "key": cell["key"], "robust_mask": _pack(correct),
+    }
+    if d.detector is not None:
+        det = target.detector
+        x_adv = res["examples"][key]
+        dev = next(target.parameters()).device
+        with torch.no_grad():
+            rejected = torch.cat([target.score(x_adv[i:i + ctx.spec.batch_size].to(dev)).cpu() for i in range(0, n, ctx.spec.batch_size)]) > float(det.threshold)
+        row["defended_mask"] = _pack(correct | rejected)
+    return row
+
+
+def run_sweep(spec: ExperimentSpec, out_dir: str | Path, *, resume: bool = True, data_dir: Optional[str] = None,
+              progress: bool = True, max_cells: Optional[int] = None, plots: bool = True) -> Dict[str, Any]:
+    """Run (or finish) every cell of ``spec`` into ``out_dir``; returns a summary.
+
+    Args:
+        resume: skip cells already in ``results.jsonl``; with ``False`` an existing
+            results file is moved aside (``results.jsonl.<timestamp>.bak``), never deleted.
+        max_cells: stop after this many new cells (for tests and partial runs).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl = out / "results.jsonl"
+    if not resume and jsonl.exists():
+        bak = out / f"results.jsonl.{time.strftime('%Y%m%d-%H%M%S')}.bak"
+        jsonl.rename(bak)
+        log.warning("--no-resume: previous results moved to %s", bak)
+    rows = read_rows(jsonl, repair=True)
+    all_cells = cells(spec)
+    keys = {c["key"] for c in all_cells}
+    stale = [r for r in rows if r["key"] not in keys]
+    if stale:
+        log.warning("%d rows in %s are not cells of this spec (kept, but ignored in tables and plots)", len(stale), jsonl)
+    done = {r["key"] for r in rows}
+    todo = [c for c in all_cells if c["key"] not in done]
+    if spec.path:
+        write_text_atomic(out / "spec.toml", Path(spec.path).read_text())
+    ctx = _Context(spec, data_dir)
+    t0 = time.perf_counter()
+    new = 0
+    bar = progress_bar(todo, enabled=progress, desc=f"sweep {spec.name}", unit="cell")
+    for cell in bar:
+        if max_cells is not None and new >= max_cells:
+            break
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(model=cell["model"].name, defense=cell["defense"].name, attack=cell["attack"].name, eps=f"{cell['eps']:g}")
+        row = run_cell(ctx, cell, progress=False)
+        _append_row(jsonl, row)
+        rows.append(row)
+        new += 1
+        write_tables(out, [r for r in rows if r["key"] in keys])
+    current = [r for r in rows if r["key"] in keys]
+    write_tables(out, current)
+    complete = len(current) == len(all_cells)
+    files = [str(out / f) for f in ("results.jsonl", "results.csv", "worst_case.csv")]
+    if plots and current:
+        from .plots import write_plots
+        from .report import write_report
+
+        files += write_plots(out, current)
+        files.append(write_report(out, spec, current, complete=complete))
+    return {"out": str(out), "cells": len(all_cells), "done": len(current), "new": new, "complete": complete,
+            "seconds": time.perf_counter() - t0, "files": files}
+
+
+def write_tables(out: Path, rows: List[Dict[str, Any]]) -> None:
+    write_text_atomic(out / "results.csv", _csv_text(rows, COLUMNS))
+    write_text_atomic(out / "worst_case.csv", _csv_text(worst_case_rows(rows), WORST_COLUMNS))
+
+
+def rows_from_csv(path: str | Path) -> List[Dict[str, Any]]:
+    """Read ``results.csv`` back (numbers parsed)."""
+    p = Path(path)
+    if not p.is_file():
+        raise RobustSNNError(f"{p} not found")
+    with open(p, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"model", "defense", "attack", "eps", "robust_accuracy", "ci_low", "ci_high"} - set(reader.fieldnames or [])
+        if missing:
+            raise RobustSNNError(f"{p} is not a robust-snn results table (missing columns: {', '.join(sorted(missing))})")
+        rows = []
+        for r in reader:
+            row: Dict[str, Any] = dict(r)
+            for k in ("eps", "clean_accuracy", "robust_accuracy", "ci_low", "ci_high", "success_rate", "seconds",
+                      "detection_rate", "robust_accuracy_with_rejection", "clean_rejection_rate"):
+                if row.get(k) not in (None, ""):
+                    row[k] = float(row[k])
+                else:
+                    row[k] = None
+            for k in ("num_steps", "seed", "n"):
+                if row.get(k) not in (None, ""):
+                    row[k] = int(row[k])
+            rows.append(row)
+    return rows
