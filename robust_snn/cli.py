@@ -474,6 +474,23 @@ def visualize(checkpoint: Optional[str], index: Optional[int], digit: Optional[i
 
 
 @main.command()
+@checkpoint_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=int, default=7860, show_default=True)
+@data_dir_option
+@device_option
+@_user_errors
+def app(checkpoint: Optional[str], host: str, port: int, data_dir: Optional[str], device: str) -> None:
+    """Interactive web app: draw a digit, watch the SNN decide, attack and defend it (needs the app extra)."""
+    from .app import launch
+
+    if not 0 < port < 65536:
+        raise RobustSNNError(f"--port must be in 1..65535, got {port}")
+    click.echo(f"robust-snn app on http://{host}:{port} (Ctrl+C to stop)")
+    launch(checkpoint, host=host, port=port, data_dir=data_dir, device=device)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_user_errors
 def info(as_json: bool) -> None:

@@ -22,7 +22,10 @@ current directory; ``"default"`` is the shipped ``csnn-mnist.pt``.
 from __future__ import annotations
 
 import math
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
