@@ -243,14 +243,7 @@ def build_app(app: AppModel):
         big = np.kron(img[0].numpy(), np.ones((7, 7)))  # 196×196 nearest-neighbour view of the 28×28 input
         return (big * 255).astype(np.uint8), text, fig
 
-    def from_drawing(drawing, t):
-        try:
-            x = mnist_preprocess(drawing)
-        except RobustSNNError as e:
-            return None, None, fail(e), None, None
-        return (x,) + classify(x, t) + (None,)
-
-    def from_upload(image, t):
+    def from_image(image, t):  # a drawing (Sketchpad value) or an upload
         try:
             x = mnist_preprocess(image)
         except RobustSNNError as e:
@@ -324,8 +317,8 @@ def build_app(app: AppModel):
             adv_raster = gr.Plot(label="hidden-layer raster: clean vs adversarial")
 
         outs = [state_x, processed, prediction, stages, state_label]
-        draw_btn.click(from_drawing, [sketch, timestep], outs)
-        upload.upload(from_upload, [upload, timestep], outs)
+        draw_btn.click(from_image, [sketch, timestep], outs)
+        upload.upload(from_image, [upload, timestep], outs)
         load_btn.click(from_index, [index, timestep], outs)
         timestep.release(on_slider, [state_x, timestep], stages)
         attack_btn.click(run_attack, [state_x, state_label, attack, eps, surrogate, blur, det], [adv_images, adv_text, adv_spikes, adv_raster])

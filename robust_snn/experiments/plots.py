@@ -46,12 +46,18 @@ def accuracy_vs_eps_figure(rows: List[Dict[str, Any]], *, worst_rows=None, num_s
                 ax.fill_between(eps, [100 * w["ci_low"] for w in wr], [100 * w["ci_high"] for w in wr], color="black", alpha=0.12)
         ax.set_title(f"{m} / {d}", fontsize=10)
         ax.set_xlabel("L∞ eps")
+    return _finish(fig, axes, len(panels))
+
+
+def _finish(fig, axes, used: int):
+    """Shared axis styling of the panel grids; unused panels hidden."""
+    for ax in list(axes.flat)[:used]:
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel("accuracy (%)")
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[used:]:
         ax.axis("off")
     fig.tight_layout()
     return fig
@@ -74,15 +80,7 @@ def accuracy_vs_t_figure(rows: List[Dict[str, Any]]):
         ax.set_xscale("log", base=2)
         ax.set_title(f"{m}, eps = {e:g}" if e > 0 else f"{m}, clean (eps = 0)", fontsize=10)
         ax.set_xlabel("time steps T")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("accuracy (%)")
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, len(keys))
 
 
 def write_plots(out: Path, rows: List[Dict[str, Any]], *, worst_rows=None) -> List[str]:
