@@ -62,3 +62,18 @@ def test_headline_command_json(mnist_test):
         assert r["linf_max"] <= 0.1 + 1e-6 and r["robust_accuracy"] < data["clean_accuracy"]
     assert data["worst_case"][0]["eps"] == 0.1
     assert data["worst_case"][0]["robust_accuracy"] <= min(r["robust_accuracy"] for r in data["results"])
+
+
+def test_adversarially_trained_checkpoint(mnist_test):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "checkpoints" / "csnn-mnist-at.pt"
+    meta = read_checkpoint(path)
+    assert meta["recipe"]["adv"] == "pgd" and meta["recipe"]["adv_eps"] == 0.3
+    assert meta["metrics"]["test_n"] == 10000 and meta["metrics"]["test_accuracy"] >= 0.98
+    model = load_model(path)
+    x, y = mnist_test
+    assert evaluate_clean(model, x, y)["accuracy"] >= 0.98  # CPU re-measure (the recorded number is from the GPU)
+    res = evaluate(model, x[:200], y[:200], attacks=["pgd"], eps=[0.3])
+    assert res["results"][0]["robust_accuracy"] >= 0.75  # the standard model falls below 5 % here
+    assert all(c["passed"] for c in res["checks"]), res["checks"]
