@@ -74,7 +74,7 @@ def write_report(out: Path, spec: Any, rows: List[Dict[str, Any]], *, complete: 
     fails = sanity_checks(rows)
     lines += ["## Sanity checks", ""]
     lines += ([f"- FAILED: {f}" for f in fails] if fails else ["All passed: accuracy non-increasing in eps, eps 0 equals clean, "
-                                                                "perturbations within budget, no sign of gradient masking (Square vs gradient attacks)."])
+                                                                "perturbations within budget, and, where Square ran, no sign of gradient masking (Square beating every gradient attack)."])
     lines += ["", "## Spec", "", "```toml", (Path(spec.path).read_text().rstrip() if spec.path else ""), "```", ""]
     path = out / "report.md"
     write_text_atomic(path, "\n".join(lines))
