@@ -176,3 +176,16 @@ def test_shipped_experiment_specs_are_valid():
     for p in sorted((REPO / "experiments").glob("*.toml")):
         spec = load_spec(p)
         assert cells(spec), p
+
+
+def test_changing_the_data_reruns_cells_instead_of_mixing(tiny_checkpoint, data_dir, tmp_path):
+    out = tmp_path / "o"
+    spec = load_spec(_spec(tmp_path, tiny_checkpoint, eps="[0.2]", limit=32))
+    run_sweep(spec, out, data_dir=str(data_dir), progress=False, plots=False)
+    bigger = load_spec(_spec(tmp_path, tiny_checkpoint, eps="[0.2]", limit=48))
+    res = run_sweep(bigger, out, data_dir=str(data_dir), progress=False, plots=False)
+    assert res["new"] == 1 and res["complete"]
+    rows = read_rows(out / "results.jsonl")
+    assert len(rows) == 1 and rows[0]["n"] == 48
+    with open(out / "results.csv", newline="") as f:
+        assert [int(r["n"]) for r in csv.DictReader(f)] == [48]

@@ -96,12 +96,8 @@ def read_rows(path: Path, *, repair: bool = False) -> List[Dict[str, Any]]:
         log.warning("%s: dropping a torn last line (%d bytes) from an interrupted run", path, len(data) - good_end)
         with open(path, "r+b") as f:
             f.truncate(good_end)
-    seen, unique = set(), []
-    for r in rows:
-        if r.get("key") not in seen:
-            seen.add(r.get("key"))
-            unique.append(r)
-    return unique
+    last = {r.get("key"): i for i, r in enumerate(rows)}  # a cell rerun on other data supersedes the older row
+    return [r for i, r in enumerate(rows) if last[r.get("key")] == i]
 
 
 def _append_row(path: Path, row: Dict[str, Any]) -> None:
@@ -199,6 +195,11 @@ class _Context:
         return model, self._defended[k], x, y
 
 
+def data_fingerprint(spec: ExperimentSpec) -> Dict[str, Any]:
+    """What a row's numbers depend on beyond its key: the evaluation data and the detector calibration size."""
+    return {"dataset": spec.dataset, "split": spec.split, "limit": spec.limit, "calibration_size": spec.calibration_size}
+
+
 def run_cell(ctx: _Context, cell: Dict[str, Any], *, progress: bool = False) -> Dict[str, Any]:
     """Evaluate one cell and return its row."""
     from ..attacks import evaluate
@@ -253,10 +254,13 @@ def run_sweep(spec: ExperimentSpec, out_dir: str | Path, *, resume: bool = True,
         log.warning("--no-resume: previous results moved to %s", bak)
     rows = read_rows(jsonl, repair=True)
     all_cells = cells(spec)
+    fp = data_fingerprint(spec)
     keys = {c["key"] for c in all_cells}
-    stale = [r for r in rows if r["key"] not in keys]
+    rows = [r for r in rows if r["key"] in keys and r.get("data", fp) == fp]
+    stale = len(read_rows(jsonl)) - len(rows)
     if stale:
-        log.warning("%d rows in %s are not cells of this spec (kept, but ignored in tables and plots)", len(stale), jsonl)
+        log.warning("%d rows in %s are not cells of this spec or were run on other data (kept in the file, "
+                    "ignored in tables and plots)", stale, jsonl)
     done = {r["key"] for r in rows}
     todo = [c for c in all_cells if c["key"] not in done]
     if spec.path:
@@ -270,7 +274,7 @@ def run_sweep(spec: ExperimentSpec, out_dir: str | Path, *, resume: bool = True,
             break
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(model=cell["model"].name, defense=cell["defense"].name, attack=cell["attack"].name, eps=f"{cell['eps']:g}")
-        row = run_cell(ctx, cell, progress=False)
+        row = {**run_cell(ctx, cell, progress=False), "data": fp}
         _append_row(jsonl, row)
         rows.append(row)
         new += 1
