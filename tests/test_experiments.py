@@ -189,3 +189,22 @@ def test_changing_the_data_reruns_cells_instead_of_mixing(tiny_checkpoint, data_
     assert len(rows) == 1 and rows[0]["n"] == 48
     with open(out / "results.csv", newline="") as f:
         assert [int(r["n"]) for r in csv.DictReader(f)] == [48]
+
+
+def test_detector_defense_rows_carry_rejection(tiny_checkpoint, data_dir, tmp_path):
+    extra = '[[defenses]]\nname = "tcc"\ndetector = "tcc:fpr=0.1"\n'
+    text = _spec(tmp_path, tiny_checkpoint, eps="[0.2]", limit=32).read_text()
+    p = tmp_path / "det.toml"
+    p.write_text(text.replace("[[models]]", extra + "[[models]]") + '[[attacks]]\nname = "pgd-tcc"\nsteps = 3\n')
+    spec = load_spec(p)
+    assert [c["attack"].name for c in cells(spec)] == ["pgd", "pgd-tcc"]  # pgd-tcc only where a detector is
+    run_sweep(spec, tmp_path / "o", data_dir=str(data_dir), progress=False, plots=False)
+    from robust_snn.experiments.runner import unpack_mask, worst_case_rows
+
+    rows = read_rows(tmp_path / "o" / "results.jsonl")
+    for r in rows:
+        robust, defended = unpack_mask(r["robust_mask"], r["n"]), unpack_mask(r["defended_mask"], r["n"])
+        assert (defended | ~robust).all()  # correct implies defended
+        assert defended.mean() == pytest.approx(r["robust_accuracy_with_rejection"])
+    (w,) = worst_case_rows(rows)
+    assert w["robust_accuracy_with_rejection"] >= w["robust_accuracy"]

@@ -174,6 +174,7 @@ def evaluate(
     robust_masks: Dict[tuple, torch.Tensor] = {}
     rejection_masks: Dict[tuple, torch.Tensor] = {}
     examples_scores: Dict[str, tuple] = {}
+    examples_rejected: Dict[str, torch.Tensor] = {}
     eps_zero_acc: Optional[float] = None
     eps_zero_ref = clean_acc
     jobs = [(spec, e) for spec in specs for e in (eps if spec.norm == "Linf" else eps_l2)]
@@ -235,6 +236,7 @@ def evaluate(
                 })
                 if keep_examples:
                     examples_scores[f"{spec.name}@{e:g}"] = (clean_scores[clean_correct], adv_scores[success])
+                    examples_rejected[f"{spec.name}@{e:g}"] = rejected
             results.append(row)
             key = (spec.norm, e)
             robust_masks[key] = correct if key not in robust_masks else (robust_masks[key] & correct)
@@ -292,6 +294,7 @@ def evaluate(
                            "clean_accuracy_with_rejection": (clean_correct & ~clean_rejected).float().mean().item()}
         if keep_examples:
             out["detector_scores"] = examples_scores
+            out["example_rejected"] = examples_rejected
     if keep_examples:
         out["examples"] = examples
         out["example_predictions"] = example_predictions

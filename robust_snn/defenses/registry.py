@@ -29,12 +29,18 @@ def make_preprocessor(spec: str) -> Optional[Preprocessor]:
     return PREPROCESSORS[name](**params)
 
 
-def make_detector(spec: str, model: nn.Module) -> Detector:
-    """An uncalibrated detector on ``model`` (call ``calibrate``)."""
+def parse_detector_spec(spec: str) -> tuple:
+    """``"tcc:fpr=0.05"`` -> ``("tcc", {"fpr": 0.05})``, checking the name and parameter names."""
     name, params = parse_defense_spec(spec)
     if name not in DETECTORS:
         raise RobustSNNError(f"unknown detector {name!r}; choose from: {', '.join(DETECTORS)}")
     check_kwargs(name, params, DETECTOR_PARAMS[name])
+    return name, params
+
+
+def make_detector(spec: str, model: nn.Module) -> Detector:
+    """An uncalibrated detector on ``model`` (call ``calibrate``)."""
+    name, params = parse_detector_spec(spec)
     return DETECTORS[name](model, **params)
 
 

@@ -227,12 +227,7 @@ def run_cell(ctx: _Context, cell: Dict[str, Any], *, progress: bool = False) -> 
         "seconds": time.perf_counter() - t0, "key": cell["key"], "robust_mask": _pack(correct),
     }
     if d.detector is not None:
-        det = target.detector
-        x_adv = res["examples"][key]
-        dev = next(target.parameters()).device
-        with torch.no_grad():
-            rejected = torch.cat([target.score(x_adv[i:i + ctx.spec.batch_size].to(dev)).cpu() for i in range(0, n, ctx.spec.batch_size)]) > float(det.threshold)
-        row["defended_mask"] = _pack(correct | rejected)
+        row["defended_mask"] = _pack(correct | res["example_rejected"][key])
     return row
 
 
@@ -252,12 +247,12 @@ def run_sweep(spec: ExperimentSpec, out_dir: str | Path, *, resume: bool = True,
         bak = out / f"results.jsonl.{time.strftime('%Y%m%d-%H%M%S')}.bak"
         jsonl.rename(bak)
         log.warning("--no-resume: previous results moved to %s", bak)
-    rows = read_rows(jsonl, repair=True)
+    stored = read_rows(jsonl, repair=True)
     all_cells = cells(spec)
     fp = data_fingerprint(spec)
     keys = {c["key"] for c in all_cells}
-    rows = [r for r in rows if r["key"] in keys and r.get("data", fp) == fp]
-    stale = len(read_rows(jsonl)) - len(rows)
+    rows = [r for r in stored if r["key"] in keys and r.get("data", fp) == fp]
+    stale = len(stored) - len(rows)
     if stale:
         log.warning("%d rows in %s are not cells of this spec or were run on other data (kept in the file, "
                     "ignored in tables and plots)", stale, jsonl)

@@ -107,7 +107,7 @@ def _resolve_checkpoint(value: str, base: Optional[Path]) -> Optional[Path]:
 def parse_spec(data: Dict[str, Any], *, path: Optional[Path] = None) -> ExperimentSpec:
     """Validate a parsed TOML document; every problem is reported, one per line."""
     from ..attacks.registry import ATTACKS
-    from ..defenses.registry import make_detector, make_preprocessor  # noqa: F401  (validation below)
+    from ..defenses.registry import make_preprocessor, parse_detector_spec
     from ..surrogates import parse_spec as parse_surrogate
 
     problems: List[str] = []
@@ -205,14 +205,7 @@ def parse_spec(data: Dict[str, Any], *, path: Optional[Path] = None) -> Experime
             for p in pres:
                 make_preprocessor(p)
             if det is not None:
-                from ..defenses.base import parse_defense_spec
-                from ..defenses.registry import DETECTOR_PARAMS, DETECTORS
-                from ..defenses.base import check_kwargs
-
-                dn, dp = parse_defense_spec(det)
-                if dn not in DETECTORS:
-                    raise RobustSNNError(f"unknown detector {dn!r}; choose from: {', '.join(DETECTORS)}")
-                check_kwargs(dn, dp, DETECTOR_PARAMS[dn])
+                parse_detector_spec(det)
         except RobustSNNError as e:
             problems.append(f"defenses[{i}]: {e}")
         adaptive = df.get("adaptive", True)
