@@ -78,6 +78,9 @@ def main(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("robust_snn").setLevel(level)
+    from .utils import keep_freed_memory
+
+    keep_freed_memory()  # big [T*B, ...] buffers are reused instead of page-faulted in again
 
 
 @main.command()

@@ -157,6 +157,9 @@ class SpikingClassifier(nn.Module):
             raise RobustSNNError("mean/std must have 1 or in_channels entries")
         self.stages = nn.ModuleList(_build_stages(cfg))
         self.stage_names = [name for name, _ in _stage_plan(cfg)]
+        self._has_conv = any(isinstance(m, nn.Conv2d) for m in self.modules())
+        #: run convolutions in channels-last layout (see :meth:`set_fast`)
+        self.channels_last = True
 
     # -- helpers -------------------------------------------------------------------------
     @property
@@ -176,6 +179,28 @@ class SpikingClassifier(nn.Module):
         if self.encoder.static:
             return (x - self.mean) / self.std
         return x
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Channels-last images for convolutional models (faster convolutions and pooling; same values)."""
+        if self.channels_last and self._has_conv and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _stateless(self, stage: Stage, h: torch.Tensor) -> torch.Tensor:
+        """A stage's stateless layers; convolution outputs go channels-last (when enabled)."""
+        h = self._layout(h)
+        for layer in stage.layers:
+            h = layer(h)
+            if isinstance(layer, nn.Conv2d):
+                h = self._layout(h)
+        return h
+
+    def set_fast(self, enabled: bool) -> "SpikingClassifier":
+        """Switch every fast path (fused LIF, channels-last) on or off; off is the plain reference path."""
+        self.channels_last = bool(enabled)
+        for m in self.lif_layers:
+            m.fused = bool(enabled)
+        return self
 
     def _check_input(self, x: torch.Tensor) -> None:
         cfg = self.config
@@ -203,18 +228,17 @@ class SpikingClassifier(nn.Module):
         try:
             first = self.stages[0]
             if self.encoder.static:
-                cur = first.layers(x)  # computed once, broadcast over time
-                cur_seq = cur.unsqueeze(0).expand(T, *cur.shape)
+                cur = self._stateless(first, x)  # computed once, broadcast over time
+                spk_seq = first.lif.forward_static(cur, T)
                 input_seq = x.unsqueeze(0).expand(T, *x.shape)
             else:
                 input_seq = self.encoder(x, T)
-                cur = first.layers(input_seq.reshape(T * B, *x.shape[1:]))
-                cur_seq = cur.view(T, B, *cur.shape[1:])
-            spk_seq = first.lif(cur_seq)
+                cur = self._stateless(first, input_seq.reshape(T * B, *x.shape[1:]))
+                spk_seq = first.lif(cur.view(T, B, *cur.shape[1:]))
             spikes.append(spk_seq)
             mems.append(first.lif.last_mem)
             for stage in self.stages[1:]:
-                cur = stage.layers(spk_seq.reshape(T * B, *spk_seq.shape[2:]))
+                cur = self._stateless(stage, spk_seq.reshape(T * B, *spk_seq.shape[2:]))
                 spk_seq = stage.lif(cur.view(T, B, *cur.shape[1:]))
                 spikes.append(spk_seq)
                 mems.append(stage.lif.last_mem)

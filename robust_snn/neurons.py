@@ -39,43 +39,104 @@ def _lif_forward(cur_seq: torch.Tensor, beta: torch.Tensor, thr: torch.Tensor, r
     return torch.stack(spikes), torch.stack(mems)
 
 
+def _empty_seq(num_steps: int, like: torch.Tensor) -> torch.Tensor:
+    """Uninitialized ``[T, *like.shape]`` buffer whose time slices have ``like``'s layout (channels-last kept)."""
+    if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+        flat = torch.empty((num_steps * like.shape[0], *like.shape[1:]), dtype=like.dtype, device=like.device,
+                           memory_format=torch.channels_last)
+        return flat.view(num_steps, *like.shape)
+    return torch.empty((num_steps, *like.shape), dtype=like.dtype, device=like.device)
+
+
+def _fast_lif_forward(cur: torch.Tensor, num_steps: int, static: bool, beta: float, thr: float,
+                      reset: int, keep_mem: bool = True) -> tuple:
+    """No-grad LIF recurrence with one fused update per step into preallocated buffers.
+
+    Same arithmetic as :func:`_lif_forward` (``mem - thr > 0`` is ``mem > thr`` in IEEE
+    floats); each step touches only ``[B, ...]`` slices, which stay in cache.
+    """
+    like = cur if static else cur[0]
+    spk_seq = _empty_seq(num_steps, like)
+    mem_seq = _empty_seq(num_steps if keep_mem else min(num_steps, 2), like)  # two alternating buffers suffice without it
+    for t in range(num_steps):
+        c = cur if static else cur[t]
+        m = mem_seq[t if keep_mem else t % 2]
+        if t == 0:
+            m.copy_(c)
+        else:
+            prev, s_prev = mem_seq[t - 1 if keep_mem else (t - 1) % 2], spk_seq[t - 1]
+            if reset == 1:  # beta * ((1 - s) * mem) + cur; (1 - s) * mem is exact for s in {0, 1}
+                torch.addcmul(prev, s_prev, prev, value=-1.0, out=m)
+                m.mul_(beta)
+            else:
+                torch.mul(prev, beta, out=m)
+            m.add_(c)  # separate multiply and add: the same rounding as the reference
+            if reset == 0:
+                m.sub_(s_prev, alpha=thr)
+        torch.gt(m, thr, out=spk_seq[t])
+    return spk_seq, (mem_seq if keep_mem else None)
+
+
 class _FusedLIF(torch.autograd.Function):
     """Whole-sequence LIF with a hand-written BPTT backward (exact, not truncated).
 
-    Saves only the spike function's input ``u = mem - thr`` (and the spikes for
-    reset-to-zero) instead of autograd's per-step intermediates.
+    Forward: one fused update per step into preallocated buffers (no autograd graph).
+    For a static input (direct encoding) ``cur`` is ``[B, ...]``, broadcast over
+    ``num_steps`` inside, and its gradient is the sum over time, accumulated in the loop.
+    Saves the membrane trace (an output anyway) and, for reset-to-zero, the spikes.
     Backward: ``g_mem[t] = g_spk[t] * s'(u[t]) + g_mem_out[t] + g_mem[t+1] * dmem[t+1]/dmem[t]``
-    with ``dmem[t+1]/dmem[t] = beta`` (subtract, none) or ``beta * (1 - spk[t])`` (zero);
-    the reset term is detached, as in snnTorch. ``s'`` is taken from the spike
-    function's own backward, so any surrogate works.
+    with ``u = mem - thr`` and ``dmem[t+1]/dmem[t] = beta`` (subtract, none) or
+    ``beta * (1 - spk[t])`` (zero); the reset term is detached, as in snnTorch. ``s'`` is the
+    spike function's ``derivative_`` (in place, per step) when it has one, otherwise it
+    is taken from the spike function's own backward, so any surrogate works.
     """
 
     @staticmethod
-    def forward(ctx, cur_seq, beta, thr, reset, spike_fn):  # type: ignore[override]
-        with torch.no_grad():
-            spk_seq, mem_seq = _lif_forward(cur_seq, beta, thr, reset, spike_fn)
-        ctx.save_for_backward(mem_seq - thr, spk_seq if reset == 1 else None, beta)
-        ctx.reset, ctx.spike_fn = reset, spike_fn
+    def forward(ctx, cur, beta, thr, reset, spike_fn, num_steps, static, keep_mem):  # type: ignore[override]
+        b, th = float(beta), float(thr)
+        spk_seq, mem_seq = _fast_lif_forward(cur, num_steps, static, b, th, reset, keep_mem)
+        if mem_seq is None:  # inference without recording: nothing to save, no membrane output
+            mem_seq = spk_seq.new_empty(0)
+        ctx.save_for_backward(mem_seq, spk_seq if reset == 1 else None)
+        ctx.reset, ctx.spike_fn, ctx.beta, ctx.thr, ctx.static = reset, spike_fn, b, th, static
         return spk_seq, mem_seq
 
     @staticmethod
     def backward(ctx, g_spk, g_mem):  # type: ignore[override]
-        u_seq, spk_seq, beta = ctx.saved_tensors
-        with torch.enable_grad():
-            u = u_seq.detach().requires_grad_(True)
-            (dsdu,) = torch.autograd.grad(ctx.spike_fn(u), u, grad_outputs=torch.ones_like(u))
-        g_cur = torch.empty_like(u_seq)
-        carry = torch.zeros_like(u_seq[0])
-        for t in range(u_seq.shape[0] - 1, -1, -1):
-            gm = carry
+        mem_seq, spk_seq = ctx.saved_tensors
+        beta, thr, T = ctx.beta, ctx.thr, mem_seq.shape[0]
+        derivative = getattr(ctx.spike_fn, "derivative_", None)
+        if derivative is None:  # generic surrogate: its own backward on the whole sequence
+            with torch.enable_grad():
+                u = (mem_seq - thr).requires_grad_(True)
+                (dsdu,) = torch.autograd.grad(ctx.spike_fn(u), u, grad_outputs=torch.ones_like(u))
+        d = torch.empty_like(mem_seq[0])
+        g_sum = torch.zeros_like(mem_seq[0]) if ctx.static else None
+        g_cur = None if ctx.static else _empty_seq(T, mem_seq[0])
+        scratch = torch.empty_like(mem_seq[0]) if ctx.static else None
+        carry = torch.empty_like(mem_seq[0])
+        for t in range(T - 1, -1, -1):
+            gm = scratch if ctx.static else g_cur[t]
             if g_spk is not None:
-                gm = gm + g_spk[t] * dsdu[t]
+                if derivative is None:
+                    d = dsdu[t]
+                else:
+                    torch.sub(mem_seq[t], thr, out=d)
+                    derivative(d)
+                torch.mul(g_spk[t], d, out=gm)
+            else:
+                gm.zero_()
             if g_mem is not None:
-                gm = gm + g_mem[t]
-            g_cur[t] = gm
-            if t > 0:
-                carry = gm * beta if ctx.reset != 1 else gm * beta * (1 - spk_seq[t - 1])
-        return g_cur, None, None, None, None
+                gm.add_(g_mem[t])
+            if t < T - 1:
+                gm.add_(carry)
+            if ctx.static:
+                g_sum.add_(gm)
+            if t > 0:  # carry = gm * dmem[t]/dmem[t-1]
+                torch.mul(gm, beta, out=carry)
+                if ctx.reset == 1:
+                    carry.addcmul_(spk_seq[t - 1], gm, value=-beta)
+        return (g_sum if ctx.static else g_cur), None, None, None, None, None, None, None
 
 
 class LIF(nn.Module):
@@ -130,13 +191,19 @@ class LIF(nn.Module):
     def extra_repr(self) -> str:
         return f"reset={self.reset_mechanism}, grad_mode={self.grad_mode}"
 
-    def _loop(self, cur_seq: torch.Tensor, spike_fn) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _loop(self, cur_seq: torch.Tensor, spike_fn, num_steps: Optional[int] = None) -> tuple:
+        """Run the recurrence; ``num_steps`` set means ``cur_seq`` is one static ``[B, ...]`` input."""
         beta = self.neuron.beta.clamp(0, 1).to(cur_seq.dtype)
         thr = self.neuron.threshold.to(cur_seq.dtype)
         reset = _RESET_CODE[self.reset_mechanism]
+        static = num_steps is not None
         if self.fused and not (beta.requires_grad or thr.requires_grad):
-            spk_seq, mem_seq = _FusedLIF.apply(cur_seq, beta, thr, reset, spike_fn)
+            T = int(num_steps) if static else cur_seq.shape[0]
+            keep_mem = self.record or (torch.is_grad_enabled() and cur_seq.requires_grad)
+            spk_seq, mem_seq = _FusedLIF.apply(cur_seq, beta, thr, reset, spike_fn, T, static, keep_mem)
         else:  # plain autograd through the loop: the reference path
+            if static:
+                cur_seq = cur_seq.unsqueeze(0).expand(int(num_steps), *cur_seq.shape)
             spk_seq, mem_seq = _lif_forward(cur_seq, beta, thr, reset, spike_fn)
         return spk_seq, (mem_seq if self.record else None)
 
@@ -146,6 +213,17 @@ class LIF(nn.Module):
             spk_seq = self._rate_forward(cur_seq)
         else:
             spk_seq, self.last_mem = self._loop(cur_seq, self.neuron.spike_grad)
+        return spk_seq
+
+    def forward_static(self, cur: torch.Tensor, num_steps: int) -> torch.Tensor:
+        """Spike trains ``[T, B, ...]`` for the same input current ``cur`` ``[B, ...]`` at every step.
+
+        Equal to ``forward(cur.expand(T, ...))``, without materializing the ``[T, B, ...]``
+        input or its gradient (the gradient to ``cur`` is summed over time in the loop).
+        """
+        if self.grad_mode == "rate" and torch.is_grad_enabled() and cur.requires_grad:
+            return self._rate_forward(cur.unsqueeze(0).expand(int(num_steps), *cur.shape))
+        spk_seq, self.last_mem = self._loop(cur, self.neuron.spike_grad, num_steps)
         return spk_seq
 
     def _rate_forward(self, cur_seq: torch.Tensor) -> torch.Tensor:

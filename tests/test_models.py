@@ -107,3 +107,85 @@ def test_fused_lif_matches_reference_outputs_and_input_gradients(reset, readout,
     (out_f, g_f), (out_r, g_r) = results
     assert torch.equal(out_f, out_r)
     assert g_r.abs().sum() > 0 and torch.allclose(g_f, g_r, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["csnn", "csnn-deep", "fcsnn"])
+@pytest.mark.parametrize("encoding", ["direct", "latency", "rate"])
+def test_every_fast_path_matches_the_plain_reference_path(arch, encoding):
+    """Fast (channels-last, fused LIF, static first layer) vs set_fast(False): outputs and input gradients."""
+    torch.manual_seed(2)
+    readout = "membrane" if arch == "csnn-deep" else "count"  # the untrained deep net's output layer is silent
+    threshold = 0.1 if arch == "csnn-deep" else 0.3
+    model = build_model(arch, encoding=encoding, threshold=threshold, num_steps=6, readout=readout).eval()
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        _, rec = model(x, record=True)
+    assert all(s.sum() > 0 for s in rec.spikes[:-1]), "test must exercise spiking"
+    results = []
+    for fast in (True, False):
+        model.set_fast(fast)
+        if encoding == "rate":
+            model.encoder.reseed(3)
+        xg = x.clone().requires_grad_(True)
+        out = model(xg)
+        (grad,) = torch.autograd.grad((out * torch.linspace(-1, 1, 10)).sum(), xg)
+        results.append((out.detach(), grad))
+    (out_f, g_f), (out_r, g_r) = results
+    assert torch.allclose(out_f, out_r, atol=1e-5)
+    assert g_r.abs().sum() > 0 and torch.allclose(g_f, g_r, rtol=1e-4, atol=1e-6)
+
+
+def test_fast_path_keeps_channels_last_and_inference_skips_membrane_trace():
+    torch.manual_seed(0)
+    model = build_model("csnn", channels=[4, 8], hidden=[16], threshold=0.3, num_steps=5).eval()
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        logits, rec = model(x, record=True)
+        plain = model(x)
+    assert torch.equal(logits, plain)
+    conv_spikes = rec.spikes[1]  # [T, B, C, H, W] after conv2
+    assert conv_spikes.reshape(-1, *conv_spikes.shape[2:]).is_contiguous(memory_format=torch.channels_last)
+    assert rec.mems[0].shape == rec.spikes[0].shape  # recording keeps the full membrane trace
+
+
+@pytest.mark.parametrize("reset", [0, 1, 2])
+def test_inference_lif_without_membrane_trace_gives_the_same_spikes(reset):
+    from robust_snn.neurons import _fast_lif_forward
+
+    torch.manual_seed(0)
+    cur = torch.randn(9, 4, 3, 5) * 2
+    spk_full, mem = _fast_lif_forward(cur, 9, False, 0.7, 0.5, reset, keep_mem=True)
+    spk_lean, none = _fast_lif_forward(cur, 9, False, 0.7, 0.5, reset, keep_mem=False)
+    assert none is None and mem.shape == cur.shape
+    assert torch.equal(spk_full, spk_lean) and 0 < spk_full.mean() < 1
+    assert torch.equal(spk_full, (mem > 0.5).float())
+
+
+def test_fused_lif_with_a_spike_function_without_in_place_derivative():
+    """Any callable spike function works in the fused backward (generic autograd path)."""
+    from snntorch import surrogate as snn_surrogate
+
+    from robust_snn.neurons import LIF
+
+    torch.manual_seed(0)
+    cur = (torch.randn(7, 5, 6) * 1.5).requires_grad_(True)
+    grads = []
+    for fused in (True, False):
+        lif = LIF(beta=0.8, threshold=0.5, reset_mechanism="zero")
+        lif.neuron.spike_grad = snn_surrogate.fast_sigmoid(slope=10)  # no derivative_ attribute
+        lif.fused = fused
+        spk = lif(cur)
+        (g,) = torch.autograd.grad((spk * torch.arange(6.0)).sum(), cur)
+        grads.append((spk.detach(), g))
+    assert torch.equal(grads[0][0], grads[1][0])
+    assert grads[1][1].abs().sum() > 0 and torch.allclose(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-7)
+
+
+def test_keep_freed_memory_is_idempotent_on_linux():
+    import platform
+
+    from robust_snn.utils import keep_freed_memory
+
+    first, second = keep_freed_memory(), keep_freed_memory()
+    assert first == second
+    assert first is (platform.system() == "Linux")

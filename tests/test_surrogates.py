@@ -75,3 +75,16 @@ def test_spec_parsing():
         parse_spec("fast_sigmoid:alpha=3")
     with pytest.raises(RobustSNNError, match="not a spike function"):
         make_spike_fn("rate")
+
+
+@pytest.mark.parametrize("spec", ["fast_sigmoid", "fast_sigmoid:slope=5", "atan", "atan:alpha=4", "sigmoid",
+                                  "sigmoid:slope=3", "triangular", "triangular:width=0.5", "straight_through"])
+def test_in_place_derivative_equals_the_surrogate_backward(spec):
+    """The fused LIF backward uses ``derivative_``; it must be the surrogate's own gradient."""
+    fn = make_spike_fn(spec)
+    u = torch.linspace(-4, 4, 4001)
+    ug = u.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(fn(ug).sum(), ug)
+    got = fn.derivative_(u.clone())
+    assert expected.abs().sum() > 0
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7)
