@@ -116,6 +116,8 @@ def main(verbose: int) -> None:
 @click.option("--adv-warmup", type=int, default=0, show_default=True, help="Epochs over which eps ramps up linearly.")
 @click.option("--trades-beta", type=float, default=6.0, show_default=True, help="TRADES robustness weight.")
 @click.option("--noise-sigma", type=float, default=0.0, show_default=True, help="Gaussian noise augmentation (for randomized smoothing).")
+@click.option("--lr-scaling", default="none", show_default=True,
+              help="Under torchrun: scale --lr with the number of processes: none, linear or sqrt.")
 @click.option("--resume/--no-resume", default=False, show_default=True, help="Continue an interrupted run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @data_dir_option
@@ -126,8 +128,12 @@ def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, o
           reset_mechanism: str, surrogate: str, dropout: Optional[float], channels: Optional[str], hidden: Optional[str],
           readout: str, seed: int, val_split: float, limit: Optional[int], test_limit: Optional[int], augment_shift: int, adv: str,
           adv_eps: float, adv_steps: int, adv_alpha: Optional[float], adv_warmup: int, trades_beta: float, noise_sigma: float,
-          resume: bool, quiet: bool, data_dir: Optional[str], device: str) -> None:
-    """Train a spiking classifier and write a checkpoint with logs and curves."""
+          lr_scaling: str, resume: bool, quiet: bool, data_dir: Optional[str], device: str) -> None:
+    """Train a spiking classifier and write a checkpoint with logs and curves.
+
+    Runs data-parallel under torchrun: torchrun --nproc_per_node=N -m robust_snn train ...
+    """
+    from . import distributed
     from .training import TrainSettings, train as train_fn
 
     model_config = {
@@ -139,10 +145,15 @@ def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, o
         dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
         scheduler=scheduler, loss=loss, seed=seed, val_split=val_split, limit=limit, test_limit=test_limit,
         augment_shift=augment_shift, adv=adv, adv_eps=adv_eps, adv_steps=adv_steps, adv_alpha=adv_alpha,
-        adv_warmup=adv_warmup, trades_beta=trades_beta, noise_sigma=noise_sigma,
+        adv_warmup=adv_warmup, trades_beta=trades_beta, noise_sigma=noise_sigma, lr_scaling=lr_scaling,
     )
+    settings.validate()
+    dd = distributed.init(device)
     _, metrics = train_fn(model_config, settings, out=out, data_dir=data_dir, device=device, resume=resume,
                           command=_command_line(), progress=not quiet)
+    distributed.shutdown()
+    if not dd.is_main:
+        return
     click.echo(
         f"saved {metrics['checkpoint']}: test accuracy {100 * metrics['test_accuracy']:.2f}% "
         f"(n={metrics['test_n']}), {metrics['train_seconds']:.0f} s training"
@@ -232,10 +243,16 @@ def attack(checkpoint: Optional[str], attack_names: str, eps: str, eps_l2: Optio
            limit: Optional[int], num_steps: Optional[int], batch_size: int, seed: int, out: Optional[str], as_json: bool,
            checks: bool, defenses: tuple, detector: Optional[str], adaptive: bool, calibration_size: int,
            data_dir: Optional[str], device: str) -> None:
-    """Attack a checkpoint through surrogate gradients and report robust accuracy."""
+    """Attack a checkpoint through surrogate gradients and report robust accuracy.
+
+    Shards the test set under torchrun (torchrun --nproc_per_node=N -m robust_snn attack ...);
+    rank 0 prints and writes exactly what one process would.
+    """
     import warnings
 
     import torch
+
+    from . import distributed
 
     from .attacks import evaluate
     from .attacks.checks import RobustnessWarning
@@ -249,6 +266,8 @@ def attack(checkpoint: Optional[str], attack_names: str, eps: str, eps_l2: Optio
     eps_l2_list = _number_list(eps_l2, "--eps-l2")
     if surrogate is not None and surrogate != "ensemble":
         parse_spec(surrogate)
+    dd = distributed.init(device)
+    device = distributed.device_for(device)
     model = load_model(checkpoint, device=device, num_steps=num_steps)
     ds = dataset or model.config["dataset"]
     target, source, x, y, notes = _defended_setup(model, ds, defenses=defenses, detector=detector, adaptive=adaptive,
@@ -258,8 +277,11 @@ def attack(checkpoint: Optional[str], attack_names: str, eps: str, eps_l2: Optio
         warnings.simplefilter("always", RobustnessWarning)
         result = evaluate(target, x, y, attacks=names, eps=eps_list, eps_l2=eps_l2_list, steps=steps, queries=queries,
                           restarts=restarts, surrogate=surrogate, eot_samples=eot_samples, samples=samples,
-                          batch_size=batch_size, seed=seed, checks=checks, progress=not as_json, keep_examples=out is not None,
-                          source_model=source)
+                          batch_size=batch_size, seed=seed, checks=checks, progress=not as_json and dd.is_main,
+                          keep_examples=out is not None, source_model=source)
+    distributed.shutdown()
+    if not dd.is_main:
+        return
     summary = json_ready(result, checkpoint=model.checkpoint_path, dataset=ds, split="test", num_steps=model.num_steps,
                          defense=getattr(target, "describe", lambda: "none")(), adaptive=adaptive, notes=notes,
                          command=_command_line())
@@ -383,7 +405,11 @@ def certify(checkpoint: Optional[str], sigma: float, n: int, n0: int, alpha: flo
 @data_dir_option
 @_user_errors
 def sweep(spec: str, out: Optional[str], resume: bool, max_cells: Optional[int], quiet: bool, as_json: bool, data_dir: Optional[str]) -> None:
-    """Run an experiment spec (TOML): every model x defense x attack x eps x T cell, resumable."""
+    """Run an experiment spec (TOML): every model x defense x attack x eps x T cell, resumable.
+
+    Shards each cell's test set under torchrun (torchrun --nproc_per_node=N -m robust_snn sweep ...).
+    """
+    from . import distributed
     from .experiments.runner import run_sweep
     from .experiments.spec import load_spec
 
@@ -391,7 +417,11 @@ def sweep(spec: str, out: Optional[str], resume: bool, max_cells: Optional[int],
     if max_cells is not None and max_cells < 1:
         raise RobustSNNError(f"--max-cells must be >= 1, got {max_cells}")
     out_dir = Path(out) if out else Path("experiments") / "results" / s.name
+    dd = distributed.init(s.device)
     summary = run_sweep(s, out_dir, resume=resume, data_dir=data_dir, progress=not (quiet or as_json), max_cells=max_cells)
+    distributed.shutdown()
+    if not dd.is_main:
+        return
     if as_json:
         _echo_json(summary)
         return

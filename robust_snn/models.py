@@ -172,7 +172,10 @@ class SpikingClassifier(nn.Module):
         for m in self.modules():
             if isinstance(m, LIF):
                 m.last_mem = None
-                m.neuron.mem = torch.zeros(0, device=m.neuron.mem.device)
+                if m.neuron.mem.numel() or m.neuron.mem.is_inference():
+                    # a normal tensor even under inference_mode: DDP syncs buffers and cannot read inference tensors
+                    with torch.inference_mode(False):
+                        m.neuron.mem = torch.zeros(0, device=m.neuron.mem.device)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalization for direct encoding (rate/latency encode the raw [0, 1] image)."""

@@ -13,9 +13,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .checkpoint import save_checkpoint
 from .defenses.adversarial import craft, trades_loss, validate_adv, warmup_eps
-from .data import batches, dataset_info, load_split, split_validation
+from .data import dataset_info, load_split, split_validation
 from .errors import RobustSNNError
 from .evaluation import evaluate_clean
 from .models import SpikingClassifier, full_config
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "none")
 LOSSES = ("ce", "mse")
+LR_SCALINGS = ("none", "linear", "sqrt")
 
 
 @dataclass
@@ -52,6 +54,7 @@ class TrainSettings:
     adv_warmup: int = 0
     trades_beta: float = 6.0
     noise_sigma: float = 0.0
+    lr_scaling: str = "none"
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -66,6 +69,8 @@ class TrainSettings:
             raise RobustSNNError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(SCHEDULERS)}")
         if not 0 <= self.augment_shift <= 8:
             raise RobustSNNError(f"--augment-shift must be in [0, 8] pixels, got {self.augment_shift}")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise RobustSNNError(f"unknown --lr-scaling {self.lr_scaling!r}; choose one of: {', '.join(LR_SCALINGS)}")
         if self.loss not in LOSSES:
             raise RobustSNNError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
         validate_adv(self.adv, self.adv_eps, self.adv_steps, self.adv_alpha, self.trades_beta)
@@ -107,13 +112,39 @@ def random_shift(x: torch.Tensor, max_shift: int, *, generator: torch.Generator)
     return padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
 
 
-def _make_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+def effective_lr(s: TrainSettings, world: int) -> float:
+    """``--lr`` scaled for ``world`` data-parallel processes (effective batch ``world * batch_size``).
+
+    ``none`` keeps it (a fine default for Adam), ``linear`` multiplies by ``world``
+    (Goyal et al. 2017, https://arxiv.org/abs/1706.02677, for SGD), ``sqrt`` by ``sqrt(world)``.
+    """
+    if s.lr_scaling == "linear":
+        return s.lr * world
+    if s.lr_scaling == "sqrt":
+        return s.lr * math.sqrt(world)
+    return s.lr
+
+
+def _make_optimizer(model: torch.nn.Module, s: TrainSettings, lr: float) -> torch.optim.Optimizer:
     params = model.parameters()
     if s.optimizer == "adam":
-        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=s.weight_decay)
     if s.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    return torch.optim.SGD(params, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay, nesterov=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=s.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=s.weight_decay, nesterov=True)
+
+
+def shard_epoch(perm: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's part of an epoch's permutation, as ``DistributedSampler`` deals it.
+
+    The permutation is padded by wrapping around to a multiple of ``world`` and rank
+    ``r`` takes every ``world``-th index from ``r``, so all ranks run the same number of
+    steps. With one process it is ``perm`` itself.
+    """
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(len(perm)), num_replicas=world, rank=rank, shuffle=False, drop_last=False)
+    return perm[torch.tensor(list(iter(sampler)), dtype=torch.long)]
 
 
 def _make_scheduler(opt: torch.optim.Optimizer, s: TrainSettings, steps_per_epoch: int):
@@ -152,6 +183,13 @@ def train(
         resume: continue from ``out``'s ``.state.pt`` sidecar if present.
         command: the command line, recorded in the checkpoint recipe.
 
+    Under ``torchrun`` (see :mod:`robust_snn.distributed`) the model is wrapped in
+    ``DistributedDataParallel``; each epoch's permutation is dealt to the ranks as
+    ``DistributedSampler`` does, each rank runs ``batch_size`` images per step (effective
+    batch ``world * batch_size``, learning rate per ``settings.lr_scaling``), validation is
+    sharded and summed, and only rank 0 writes the checkpoint, the training state and
+    the logs. Every rank returns the same metrics.
+
     Returns:
         ``(model, metrics)``.
     """
@@ -159,7 +197,8 @@ def train(
     out = Path(out)
     if out.suffix != ".pt":
         raise RobustSNNError(f"--out must end in .pt, got {out}")
-    dev = resolve_device(device)
+    dd = distributed.init(device)
+    dev = resolve_device(distributed.device_for(device))
     info = dataset_info(settings.dataset)
     cfg = full_config(
         **{
@@ -180,16 +219,19 @@ def train(
 
     seed_everything(settings.seed)
     model = SpikingClassifier(cfg).to(dev)
-    opt = _make_optimizer(model, settings)
-    steps_per_epoch = math.ceil(len(x_tr) / settings.batch_size)
+    lr = effective_lr(settings, dd.world)
+    opt = _make_optimizer(model, settings, lr)
+    steps_per_epoch = math.ceil(math.ceil(len(x_tr) / dd.world) / settings.batch_size)
     sched = _make_scheduler(opt, settings, steps_per_epoch)
     history: List[Dict[str, Any]] = []
     start_epoch = 1
     train_seconds = 0.0
     sp = state_path(out)
     if resume:
-        if sp.is_file():
-            state = torch.load(sp, map_location="cpu", weights_only=True)
+        # rank 0 reads the state and hands it to the others (no shared filesystem needed)
+        state = distributed.broadcast_object(
+            torch.load(sp, map_location="cpu", weights_only=True) if dd.is_main and sp.is_file() else None)
+        if state is not None:
             if state.get("config") != cfg or state.get("settings") != asdict(settings):
                 raise RobustSNNError(f"{sp} was written by a run with other settings; rerun without --resume or with the same options")
             model.load_state_dict(state["model"])
@@ -202,32 +244,43 @@ def train(
             log.info("resuming from %s after epoch %d", sp, start_epoch - 1)
         else:
             log.warning("--resume: no training state at %s; starting from scratch", sp)
+    net: torch.nn.Module = model
+    if dd.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        log.info("DistributedDataParallel over %d processes: %d images per step in all, lr %g",
+                 dd.world, dd.world * settings.batch_size, lr)
 
     for epoch in range(start_epoch, settings.epochs + 1):
-        torch.manual_seed(settings.seed * 1000 + epoch)  # dropout etc.: resumable and deterministic
+        # dropout, noise, random starts: resumable and deterministic; other ranks draw their own
+        torch.manual_seed(settings.seed * 1000 + epoch + RANK_SEED_STRIDE * dd.rank)
         gen = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
-        model.train()
+        order = shard_epoch(torch.randperm(len(x_tr), generator=gen), dd.rank, dd.world)  # same permutation on every rank
+        if dd.rank > 0:  # augmentation draws of their own
+            gen = torch.Generator().manual_seed(settings.seed * 1000 + epoch + RANK_SEED_STRIDE * dd.rank)
+        net.train()
         tot_loss = tot_correct = tot_n = 0.0
         t0 = time.perf_counter()
-        bar = progress_bar(batches(len(x_tr), settings.batch_size, shuffle=True, generator=gen), enabled=progress, desc=f"epoch {epoch}/{settings.epochs}")
+        bar = progress_bar(list(order.split(settings.batch_size)), enabled=progress and dd.is_main, desc=f"epoch {epoch}/{settings.epochs}")
         for i, idx in enumerate(bar):
             xb = random_shift(x_tr[idx], settings.augment_shift, generator=gen)
             xb, yb = xb.to(dev), y_tr[idx].to(dev)
             if settings.noise_sigma > 0:  # Gaussian augmentation for randomized smoothing (Cohen et al. 2019)
                 xb = xb + settings.noise_sigma * torch.randn_like(xb)
             if settings.adv == "none":
-                logits = model(xb)
+                logits = net(xb)
                 loss = spike_loss(logits, yb, kind=settings.loss, num_steps=model.num_steps)
             else:
                 e = warmup_eps(settings.adv_eps, step=(epoch - 1) * steps_per_epoch + i, warmup_steps=settings.adv_warmup * steps_per_epoch)
                 alpha = None if settings.adv_alpha is None else settings.adv_alpha * e / settings.adv_eps
                 x_adv = craft(model, xb.clamp(0, 1), yb, method=settings.adv, eps=e, steps=settings.adv_steps, alpha=alpha)
                 if settings.adv == "trades":
-                    logits_clean = model(xb)
-                    logits = model(x_adv)
+                    logits_clean = net(xb)
+                    logits = net(x_adv)
                     loss = trades_loss(logits_clean, logits, yb, beta=settings.trades_beta)
                 else:
-                    logits = model(x_adv)
+                    logits = net(x_adv)
                     loss = spike_loss(logits, yb, kind=settings.loss, num_steps=model.num_steps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -238,7 +291,8 @@ def train(
             tot_correct += (logits.argmax(1) == yb).sum().item()
             tot_n += len(yb)
             bar.set_postfix(loss=f"{tot_loss / tot_n:.4f}", acc=f"{100 * tot_correct / tot_n:.2f}%")
-        epoch_seconds = time.perf_counter() - t0
+        epoch_seconds = distributed.max_float(time.perf_counter() - t0)
+        tot_loss, tot_correct, tot_n = distributed.sum_floats([tot_loss, tot_correct, tot_n])
         train_seconds += epoch_seconds
         row: Dict[str, Any] = {
             "epoch": epoch,
@@ -253,14 +307,15 @@ def train(
         }
         if val is not None:
             model.eval()
+            mine = torch.arange(dd.rank, len(val[0]), dd.world)  # validation sharded over ranks, sums gathered
             with torch.inference_mode():
-                vl = []
-                vc = 0
-                for idx in batches(len(val[0]), 500):
-                    lg = model(val[0][idx].to(dev))
-                    vl.append(spike_loss(lg, val[1][idx].to(dev), kind=settings.loss, num_steps=model.num_steps).item() * len(idx))
-                    vc += (lg.argmax(1).cpu() == val[1][idx]).sum().item()
-            row["val_loss"] = sum(vl) / len(val[0])
+                vl = vc = 0.0
+                for part in mine.split(500):
+                    lg = model(val[0][part].to(dev))
+                    vl += spike_loss(lg, val[1][part].to(dev), kind=settings.loss, num_steps=model.num_steps).item() * len(part)
+                    vc += (lg.argmax(1).cpu() == val[1][part]).sum().item()
+            vl, vc = distributed.sum_floats([vl, vc])
+            row["val_loss"] = vl / len(val[0])
             row["val_accuracy"] = vc / len(val[0])
             if settings.adv != "none":
                 row["val_pgd_accuracy"] = _val_pgd_accuracy(model, val, settings.adv_eps, dev)
@@ -275,6 +330,8 @@ def train(
             + ("" if row["val_pgd_accuracy"] is None else f", val PGD-10 acc {100 * row['val_pgd_accuracy']:.2f}%"),
             row["img_per_s"],
         )
+        if not dd.is_main:
+            continue
         _write_logs(out, history)
         state = {
             "config": cfg,
@@ -290,6 +347,9 @@ def train(
             torch.save(state, tmp)
 
     model.eval()
+    if not dd.is_main:  # rank 0 tests and writes the checkpoint; the others wait and get its metrics
+        result = distributed.broadcast_object(None)
+        return model, result
     x_te, y_te = load_split(settings.dataset, "test", data_dir=data_dir, limit=settings.test_limit)
     test = evaluate_clean(model, x_te, y_te, progress=progress)
     metrics = {
@@ -306,27 +366,34 @@ def train(
         **asdict(settings),
         "device": str(dev),
         "torch_threads": torch.get_num_threads(),
+        "world_size": dd.world,
+        "effective_batch_size": dd.world * settings.batch_size,
+        "effective_lr": lr,
         "train_seconds": train_seconds,
         "epochs_run": len(history),
     }
     save_checkpoint(out, model, metrics=metrics, recipe=recipe)
     sp.unlink(missing_ok=True)
-    return model, {**metrics, "history": history, "checkpoint": str(out), "train_seconds": train_seconds}
+    result = {**metrics, "history": history, "checkpoint": str(out), "train_seconds": train_seconds}
+    return model, distributed.broadcast_object(result)
 
 
 VAL_PGD_SAMPLES = 1000
+#: rank ``r`` > 0 offsets its training seeds by ``r * RANK_SEED_STRIDE`` (rank 0 draws what one process draws)
+RANK_SEED_STRIDE = 7919
 
 
 def _val_pgd_accuracy(model: SpikingClassifier, val: Tuple[torch.Tensor, torch.Tensor], eps: float, dev: torch.device) -> float:
-    """PGD-10 accuracy (random start, alpha 2.5 eps / 10) on up to the first 1000 validation images."""
+    """PGD-10 accuracy (random start, alpha 2.5 eps / 10) on up to the first 1000 validation images (sharded over ranks)."""
+    dd = distributed.info()
     x, y = val[0][:VAL_PGD_SAMPLES], val[1][:VAL_PGD_SAMPLES]
-    correct = 0
-    for idx in batches(len(x), 500):
+    correct = 0.0
+    for idx in torch.arange(dd.rank, len(x), dd.world).split(500):
         xb, yb = x[idx].to(dev), y[idx].to(dev)
         x_adv = craft(model, xb, yb, method="pgd", eps=eps, steps=10)
         with torch.inference_mode():
             correct += (model(x_adv).argmax(1) == yb).sum().item()
-    return correct / len(x)
+    return distributed.sum_floats([correct])[0] / len(x)
 
 
 def _write_logs(out: Path, history: List[Dict[str, Any]]) -> None:

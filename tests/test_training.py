@@ -38,22 +38,21 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, data_dir, m
     import robust_snn.training as training
 
     ref, _ = train(TINY, _settings(), out=tmp_path / "ref.pt", data_dir=str(data_dir), device="cpu", progress=False)
-    real = training.batches
+    real = training.shard_epoch
     calls = {"n": 0}
 
-    def flaky(n, batch_size, **kw):
-        if kw.get("shuffle"):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise KeyboardInterrupt
-        return real(n, batch_size, **kw)
+    def flaky(perm, rank, world):  # dealt once per epoch: interrupt at the start of epoch 2
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(perm, rank, world)
 
-    monkeypatch.setattr(training, "batches", flaky)
+    monkeypatch.setattr(training, "shard_epoch", flaky)
     out = tmp_path / "run.pt"
     with pytest.raises(KeyboardInterrupt):
         train(TINY, _settings(), out=out, data_dir=str(data_dir), device="cpu", progress=False)
     assert state_path(out).is_file() and not out.exists()
-    monkeypatch.setattr(training, "batches", real)
+    monkeypatch.setattr(training, "shard_epoch", real)
     resumed, metrics = train(TINY, _settings(), out=out, data_dir=str(data_dir), device="cpu", resume=True, progress=False)
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     for (k, v1), v2 in zip(ref.state_dict().items(), resumed.state_dict().values()):

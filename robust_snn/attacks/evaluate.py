@@ -14,6 +14,7 @@ import torch
 
 from ..errors import RobustSNNError
 from ..evaluation import DEFAULT_STOCHASTIC_SAMPLES
+from .. import distributed
 from ..surrogates import ENSEMBLE, canonical, use_surrogate
 from .checks import TOL_BOUND, check_model, check_results
 from .eot import EOT
@@ -63,6 +64,7 @@ def evaluate(
     keep_examples: bool = False,
     source_model: Optional[torch.nn.Module] = None,
     adaptive_detector_attack: bool = True,
+    shard: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """Attack ``model`` on ``(x, y)`` with every attack at every budget.
 
@@ -81,14 +83,23 @@ def evaluate(
         eot_samples: draws averaged per gradient for stochastic encoders
             (default 8; ignored for deterministic models).
         samples: forward draws averaged to judge predictions of stochastic models (default 8).
-        batch_size: images per attack batch.
-        seed: seeds the global RNG and the encoder's generator.
+        batch_size: images per attack batch. The data is cut into fixed chunks of this
+            size; each chunk is attacked on its own with the RNGs reseeded from ``seed`` and
+            the chunk's index, so results depend on the data, the seed and the batch size,
+            not on which process attacks which chunk.
+        seed: seeds the global RNG and the encoder's generator (chunk ``c`` uses
+            ``seed + 1000003 * c``; the first chunk uses ``seed`` itself).
         checks: run the sanity checks.
         keep_examples: include ``examples`` (adversarial images per attack/eps) in the result.
         source_model: craft the examples on this model instead (non-adaptive / transfer
             evaluation of a defended ``model``); predictions are always judged on ``model``.
         adaptive_detector_attack: when ``model`` has a detector and the evaluation is
             adaptive, add ``pgd-tcc`` (PGD that also evades the detector) to the attacks.
+        shard: split the chunks across the ranks of the ``torch.distributed`` process group
+            and sum the per-sample results back (every rank returns the same full result);
+            ``None``: whenever a process group with more than one rank is initialized
+            (``torchrun``, see :mod:`robust_snn.distributed`). Every rank must pass the same
+            full ``x`` and ``y``.
 
     With a detector (``model.detector``, e.g. :class:`~robust_snn.defenses.Defended`),
     every row also reports the detection rate of successful examples, the AUROC of
@@ -143,24 +154,28 @@ def evaluate(
     judge = EOT(model, samples=n_eval).eval()  # how predictions are judged
     n_classes = int(getattr(model, "config", {}).get("num_classes", 0) or 0)
 
-    def reseed() -> None:
-        torch.manual_seed(seed)
+    def reseed(chunk: int = 0) -> None:
+        s = seed + CHUNK_SEED_STRIDE * chunk
+        torch.manual_seed(s)
         enc = getattr(model, "encoder", None)
         if enc is not None and hasattr(enc, "reseed"):
-            enc.reseed(seed)
+            enc.reseed(s)
 
     reseed()
     x, y = x.cpu(), y.cpu()
     n = len(x)
+    dist_info = distributed.info()
+    sharded = dist_info.enabled if shard is None else (bool(shard) and dist_info.enabled)
+    chunks = Chunks(n, batch_size, rank=dist_info.rank if sharded else 0, world=dist_info.world if sharded else 1)
     t0 = time.perf_counter()
     with torch.no_grad():
-        clean_logits = torch.cat([judge(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, n, batch_size)])
+        clean_logits = chunks.gather(chunks.map(lambda a, b: judge(x[a:b].to(device)).float().cpu(), reseed))
     if not n_classes:
         n_classes = clean_logits.shape[1]
-    clean_seconds = time.perf_counter() - t0
+    clean_seconds = chunks.wall(time.perf_counter() - t0)
     clean_correct = clean_logits.argmax(1) == y
     clean_acc = clean_correct.float().mean().item()
-    clean_scores = _detector_scores(model, x, batch_size) if detector is not None else None
+    clean_scores = _detector_scores(model, x, chunks, reseed) if detector is not None else None
     clean_rejected = clean_scores > float(detector.threshold) if detector is not None else None
 
     check_list: List[Dict[str, Any]] = []
@@ -187,9 +202,10 @@ def evaluate(
             t1 = time.perf_counter()
             x_adv, adv_logits = _attack_all(
                 spec, params, e, crafter, attacked, judge, x, y, clean_logits, grads=grads, restarts=restarts,
-                batch_size=batch_size, n_classes=n_classes, eot=eot, device=device, progress=progress,
+                chunks=chunks, reseed=reseed, n_classes=n_classes, eot=eot, device=device, progress=progress,
             )
-            seconds = time.perf_counter() - t1
+            x_adv, adv_logits = chunks.gather(x_adv), chunks.gather(adv_logits)
+            seconds = chunks.wall(time.perf_counter() - t1)
             correct = adv_logits.argmax(1) == y
             delta = (x_adv - x).flatten(1)
             linf = delta.abs().max(1).values
@@ -224,7 +240,7 @@ def evaluate(
             }
             defended_mask = correct
             if detector is not None:
-                adv_scores = _detector_scores(model, x_adv, batch_size)
+                adv_scores = _detector_scores(model, x_adv, chunks, reseed)
                 rejected = adv_scores > float(detector.threshold)
                 success = clean_correct & ~correct
                 defended_mask = correct | rejected
@@ -253,10 +269,10 @@ def evaluate(
             if zspec is not None:
                 m = min(n, batch_size)
                 reseed()
-                _, z_logits = _attack_all(
+                _, z_logits = _attack_all(  # the first chunk, on every rank (no sharding): one batch
                     zspec, attack_params(zspec, steps=steps, queries=queries, seed=seed), 0.0, crafter, attacked, judge,
-                    x[:m], y[:m], clean_logits[:m], grads=grads[:1], restarts=1, batch_size=batch_size, n_classes=n_classes,
-                    eot=eot, device=device, progress=False,
+                    x[:m], y[:m], clean_logits[:m], grads=grads[:1], restarts=1, chunks=Chunks(m, batch_size),
+                    reseed=reseed, n_classes=n_classes, eot=eot, device=device, progress=False,
                 )
                 eps_zero_acc = (z_logits.argmax(1) == y[:m]).float().mean().item()
                 eps_zero_ref = clean_correct[:m].float().mean().item()
@@ -301,10 +317,56 @@ def evaluate(
     return out
 
 
-def _detector_scores(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+#: chunk ``c`` of an evaluation reseeds its RNGs with ``seed + CHUNK_SEED_STRIDE * c``
+CHUNK_SEED_STRIDE = 1_000_003
+
+
+class Chunks:
+    """Fixed chunks ``[a, b)`` of ``batch_size`` consecutive samples; chunk ``c`` belongs to rank ``c % world``.
+
+    The unit of work and of randomness: each chunk is computed on its own, with the
+    RNGs reseeded for it, so a result does not depend on how chunks are spread over
+    processes. :meth:`gather` sums every rank's own rows into the full tensor.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+        self.all = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+        self.owned = torch.zeros(n, dtype=torch.bool)
+        for _, (a, b) in self.mine():
+            self.owned[a:b] = True
+
+    def mine(self) -> List[tuple]:
+        """``(chunk index, (a, b))`` for this rank's chunks."""
+        return [(c, ab) for c, ab in enumerate(self.all) if c % self.world == self.rank]
+
+    def map(self, fn, reseed) -> torch.Tensor:
+        """``fn(a, b)`` on this rank's chunks (reseeded per chunk), as a full-length tensor (zeros elsewhere)."""
+        out: Optional[torch.Tensor] = None
+        for c, (a, b) in self.mine():
+            reseed(c)
+            part = fn(a, b)
+            if out is None:
+                out = torch.zeros((self.n, *part.shape[1:]), dtype=part.dtype)
+            out[a:b] = part
+        if out is None:  # a rank without chunks (fewer chunks than ranks) still takes part in gather
+            part = fn(0, min(self.n, 1))
+            out = torch.zeros((self.n, *part.shape[1:]), dtype=part.dtype)
+        return out
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """The full tensor from every rank's own rows (unchanged when not sharded)."""
+        return distributed.sum_rows(t, self.owned) if self.world > 1 else t
+
+    def wall(self, seconds: float) -> float:
+        """Wall time of a sharded step: the slowest rank's."""
+        return distributed.max_float(seconds) if self.world > 1 else seconds
+
+
+def _detector_scores(model: torch.nn.Module, x: torch.Tensor, chunks: "Chunks", reseed) -> torch.Tensor:
     device = next(model.parameters()).device
     with torch.no_grad():
-        return torch.cat([model.score(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+        return chunks.gather(chunks.map(lambda a, b: model.score(x[a:b].to(device)).float().cpu(), reseed))
 
 
 def _auroc(neg: torch.Tensor, pos: torch.Tensor) -> float:
@@ -317,24 +379,31 @@ def _auroc(neg: torch.Tensor, pos: torch.Tensor) -> float:
 
 
 def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, model, attacked, judge, x, y, clean_logits, *,
-                grads, restarts, batch_size, n_classes, eot, device, progress) -> tuple:
-    """Adversarial examples for all of x (clean-misclassified inputs are left as they are)."""
+                grads, restarts, chunks: Chunks, reseed, n_classes, eot, device, progress) -> tuple:
+    """Adversarial examples for this rank's chunks of x (clean-misclassified inputs are left as they are).
+
+    Each chunk runs every surrogate and restart on its own still-robust samples, after
+    reseeding for that chunk. Rows of other ranks' chunks keep ``x`` and the clean logits.
+    """
     x_adv = x.clone()
     adv_logits = clean_logits.clone()
     best_margin = margins(clean_logits, y)
-    todo = torch.nonzero(best_margin.isfinite() & (clean_logits.argmax(1) == y)).squeeze(1)
-    if len(todo) == 0 or (e == 0.0 and spec.minimum_norm):  # no budget: a minimum-norm attack cannot succeed
+    ok = best_margin.isfinite() & (clean_logits.argmax(1) == y)
+    if not bool((ok & chunks.owned).any()) or (e == 0.0 and spec.minimum_norm):  # no budget: a minimum-norm attack cannot succeed
         return x_adv, adv_logits
     target = model if spec.uses_own_eot else attacked
     atk = build_attack(spec, target, e, params, n_classes=n_classes, eot_samples=eot)
-    for g in grads:
-        with use_surrogate(model, g):
-            for _ in range(restarts):
-                alive = todo[(adv_logits[todo].argmax(1) == y[todo])]
-                if len(alive) == 0:
-                    break
-                for start in progress_bar(range(0, len(alive), batch_size), enabled=progress, desc=f"{spec.name} eps={e:g}"):
-                    idx = alive[start:start + batch_size]
+    for c, (a, b) in progress_bar(chunks.mine(), enabled=progress, desc=f"{spec.name} eps={e:g}"):
+        todo = a + torch.nonzero(ok[a:b]).squeeze(1)
+        if len(todo) == 0:
+            continue
+        reseed(c)
+        for g in grads:
+            with use_surrogate(model, g):
+                for _ in range(restarts):
+                    idx = todo[(adv_logits[todo].argmax(1) == y[todo])]
+                    if len(idx) == 0:
+                        break
                     xb, yb = x[idx].to(device), y[idx].to(device)
                     adv = atk(xb, yb).detach()
                     model.eval()  # torchattacks restores the wrapper's mode; judge in eval mode

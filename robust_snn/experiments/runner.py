@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .. import distributed
 from ..errors import RobustSNNError
 from ..utils import progress_bar, write_text_atomic
 from .spec import AttackEntry, DefenseEntry, ExperimentSpec, ModelEntry
@@ -156,7 +157,8 @@ class _Context:
 
         k = (m.name, t)
         if k not in self._models:
-            self._models = {k: load_model(m.checkpoint, device=self.spec.device, num_steps=t)}  # keep one at a time
+            device = distributed.device_for(self.spec.device)  # under torchrun with CUDA: this rank's GPU
+            self._models = {k: load_model(m.checkpoint, device=device, num_steps=t)}  # keep one at a time
             self._defended = {}
         return self._models[k]
 
@@ -239,41 +241,51 @@ def run_sweep(spec: ExperimentSpec, out_dir: str | Path, *, resume: bool = True,
         resume: skip cells already in ``results.jsonl``; with ``False`` an existing
             results file is moved aside (``results.jsonl.<timestamp>.bak``), never deleted.
         max_cells: stop after this many new cells (for tests and partial runs).
+
+    Under ``torchrun`` every cell's test set is sharded over the ranks (see
+    :func:`robust_snn.attacks.evaluate`); rank 0 alone reads the existing results, decides
+    what is left, and writes every file, with the same rows a single process writes.
     """
+    dd = distributed.init(spec.device)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "results.jsonl"
-    if not resume and jsonl.exists():
-        bak = out / f"results.jsonl.{time.strftime('%Y%m%d-%H%M%S')}.bak"
-        jsonl.rename(bak)
-        log.warning("--no-resume: previous results moved to %s", bak)
-    stored = read_rows(jsonl, repair=True)
     all_cells = cells(spec)
     fp = data_fingerprint(spec)
     keys = {c["key"] for c in all_cells}
-    rows = [r for r in stored if r["key"] in keys and r.get("data", fp) == fp]
-    stale = len(stored) - len(rows)
-    if stale:
-        log.warning("%d rows in %s are not cells of this spec or were run on other data (kept in the file, "
-                    "ignored in tables and plots)", stale, jsonl)
-    done = {r["key"] for r in rows}
+    rows: List[Dict[str, Any]] = []
+    if dd.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume and jsonl.exists():
+            bak = out / f"results.jsonl.{time.strftime('%Y%m%d-%H%M%S')}.bak"
+            jsonl.rename(bak)
+            log.warning("--no-resume: previous results moved to %s", bak)
+        stored = read_rows(jsonl, repair=True)
+        rows = [r for r in stored if r["key"] in keys and r.get("data", fp) == fp]
+        stale = len(stored) - len(rows)
+        if stale:
+            log.warning("%d rows in %s are not cells of this spec or were run on other data (kept in the file, "
+                        "ignored in tables and plots)", stale, jsonl)
+        if spec.path:
+            write_text_atomic(out / "spec.toml", Path(spec.path).read_text())
+    done = distributed.broadcast_object({r["key"] for r in rows})  # rank 0's plan, for every rank
     todo = [c for c in all_cells if c["key"] not in done]
-    if spec.path:
-        write_text_atomic(out / "spec.toml", Path(spec.path).read_text())
     ctx = _Context(spec, data_dir)
     t0 = time.perf_counter()
     new = 0
-    bar = progress_bar(todo, enabled=progress, desc=f"sweep {spec.name}", unit="cell")
+    bar = progress_bar(todo, enabled=progress and dd.is_main, desc=f"sweep {spec.name}", unit="cell")
     for cell in bar:
         if max_cells is not None and new >= max_cells:
             break
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(model=cell["model"].name, defense=cell["defense"].name, attack=cell["attack"].name, eps=f"{cell['eps']:g}")
         row = {**run_cell(ctx, cell, progress=False), "data": fp}
-        _append_row(jsonl, row)
-        rows.append(row)
         new += 1
-        write_tables(out, [r for r in rows if r["key"] in keys])
+        if dd.is_main:
+            _append_row(jsonl, row)
+            rows.append(row)
+            write_tables(out, [r for r in rows if r["key"] in keys])
+    if not dd.is_main:
+        return distributed.broadcast_object(None)
     current = [r for r in rows if r["key"] in keys]
     write_tables(out, current)
     complete = len(current) == len(all_cells)
@@ -284,8 +296,8 @@ def run_sweep(spec: ExperimentSpec, out_dir: str | Path, *, resume: bool = True,
 
         files += write_plots(out, current)
         files.append(write_report(out, spec, current, complete=complete))
-    return {"out": str(out), "cells": len(all_cells), "done": len(current), "new": new, "complete": complete,
-            "seconds": time.perf_counter() - t0, "files": files}
+    return distributed.broadcast_object({"out": str(out), "cells": len(all_cells), "done": len(current), "new": new,
+                                         "complete": complete, "seconds": time.perf_counter() - t0, "files": files})
 
 
 def write_tables(out: Path, rows: List[Dict[str, Any]]) -> None:

@@ -1,0 +1,211 @@
+"""torchrun: DDP training on real MNIST, sharded attacks and sweeps that equal the single-process run.
+
+Two processes, gloo on loopback, CPU; every run is a real ``torchrun`` subprocess.
+"""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from robust_snn.cli import main
+
+TIMING_KEYS = {"seconds", "img_per_s", "clean_seconds", "command"}
+
+
+def _torchrun(args, data_dir, *, nproc=2, timeout=600, popen=False):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ROBUST_SNN_DATA": str(data_dir), "GLOO_SOCKET_IFNAME": "lo",
+           "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "robust_snn", *args]
+    if popen:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _kill_all(marker: str) -> None:
+    """SIGKILL every process whose command line mentions ``marker``."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _strip(obj):
+    """A result without wall times and the command line (the only things allowed to differ)."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def test_torchrun_training_on_real_mnist_writes_one_loadable_checkpoint(tmp_path, data_dir):
+    from robust_snn import load_model
+    from robust_snn.data import load_split
+
+    out = tmp_path / "ddp.pt"
+    # 7,600 training images, 32 per process per step: 119 steps per epoch, 238 in all
+    proc = _torchrun(["-v", "train", "--out", str(out), "--epochs", "2", "--limit", "8000", "--channels", "4,8", "--hidden", "32",
+                      "--num-steps", "4", "--batch-size", "32", "--lr", "5e-3", "--test-limit", "500", "--quiet"], data_dir)
+    assert proc.stdout.count("saved ") == 1, proc.stdout  # rank 0 alone reports
+    assert "DistributedDataParallel over 2 processes: 64 images per step" in proc.stderr
+    model = load_model(out)
+    recipe = model.checkpoint_recipe
+    assert recipe["world_size"] == 2 and recipe["effective_batch_size"] == 64 and recipe["epochs_run"] == 2
+    history = json.loads(out.with_name("ddp.log.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert not out.with_name("ddp.state.pt").exists()
+    x, y = load_split("mnist", "test", data_dir=data_dir, limit=500)
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    assert acc > 0.7, acc
+    assert abs(acc - model.checkpoint_metrics["test_accuracy"]) < 1e-6
+
+
+def test_torchrun_training_resumes_after_sigkill(tmp_path, data_dir):
+    out = tmp_path / "r.pt"
+    args = ["train", "--out", str(out), "--epochs", "3", "--limit", "4000", "--channels", "4,8", "--hidden", "32",
+            "--num-steps", "4", "--batch-size", "32", "--test-limit", "200", "--quiet"]
+    proc = _torchrun(args, data_dir, popen=True)
+    state = out.with_name("r.state.pt")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not state.exists():
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    _kill_all(str(out))  # the launcher and its workers (they run in sessions of their own)
+    proc.wait()
+    done = json.loads(out.with_name("r.log.json").read_text())
+    assert 1 <= len(done) < 3 and not out.exists()
+    resumed = _torchrun(["-v", *args, "--resume"], data_dir)
+    assert f"resuming from {state}" in resumed.stderr, resumed.stderr
+    history = json.loads(out.with_name("r.log.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[0] == done[0]  # the epoch before the kill is kept, not rerun
+    assert out.is_file() and not state.exists()
+
+
+@pytest.fixture(scope="module")
+def rate_checkpoint(tmp_path_factory, data_dir):
+    """A tiny rate-coded (stochastic) CSNN."""
+    from robust_snn.training import TrainSettings, train
+
+    out = tmp_path_factory.mktemp("rate") / "rate.pt"
+    settings = TrainSettings(epochs=3, batch_size=50, lr=5e-3, limit=2000, val_split=0.0, test_limit=200, seed=0)
+    _, metrics = train({"arch": "csnn", "channels": [4, 8], "hidden": [32], "num_steps": 6, "encoding": "rate", "threshold": 0.3},
+                       settings, out=out, data_dir=str(data_dir), device="cpu", progress=False)
+    assert metrics["test_accuracy"] > 0.3
+    return out
+
+
+@pytest.mark.parametrize("encoding", ["direct", "rate"])
+def test_sharded_attack_equals_the_single_process_run(encoding, tiny_checkpoint, rate_checkpoint, data_dir, tmp_path):
+    ckpt = tiny_checkpoint if encoding == "direct" else rate_checkpoint
+    limit = "256" if encoding == "direct" else "96"
+    args = ["attack", "--checkpoint", str(ckpt), "--limit", limit, "--batch-size", "32", "--attack", "fgsm,pgd",
+            "--eps", "0.05,0.15", "--steps", "5", "--restarts", "2", "--json"]
+    if encoding == "rate":
+        args += ["--eot-samples", "2", "--samples", "2"]
+    sharded = json.loads(_torchrun([*args, "--out", str(tmp_path / "sharded")], data_dir).stdout)
+    single = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "single"), "--data-dir", str(data_dir)])
+    assert single.exit_code == 0, single.output
+    single = json.loads(single.output)
+    assert [r["robust_accuracy"] for r in sharded["results"]] == [r["robust_accuracy"] for r in single["results"]]
+    assert 0 < single["worst_case"][-1]["robust_accuracy"] < single["clean_accuracy"]
+    files_sharded = {k: v for k, v in _strip(sharded).items() if k != "files"}
+    files_single = {k: v for k, v in _strip(single).items() if k != "files"}
+    assert files_sharded == files_single
+    a = torch.load(tmp_path / "sharded" / "adversarial.pt", weights_only=True)
+    b = torch.load(tmp_path / "single" / "adversarial.pt", weights_only=True)
+    assert len(a["adversarial"]) == 4 and _same(a, b)  # the adversarial images themselves, bit for bit
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    return a == b
+
+
+def test_sharded_sweep_writes_the_single_process_rows(tiny_checkpoint, data_dir, tmp_path):
+    spec = tmp_path / "exp.toml"
+    spec.write_text(f'name = "tiny"\neps = [0.0, 0.1]\n[data]\nlimit = 100\n[run]\nbatch_size = 32\ndevice = "cpu"\n'
+                    f'[[models]]\nname = "tiny"\ncheckpoint = "{tiny_checkpoint}"\n'
+                    '[[attacks]]\nname = "pgd"\nsteps = 5\n[[attacks]]\nname = "fgsm"\n')
+    proc = _torchrun(["sweep", str(spec), "--out", str(tmp_path / "sharded"), "--json"], data_dir)
+    summary = json.loads(proc.stdout)
+    assert summary["complete"] and summary["new"] == 4
+    res = CliRunner().invoke(main, ["sweep", str(spec), "--out", str(tmp_path / "single"), "--data-dir", str(data_dir), "--json"])
+    assert res.exit_code == 0, res.output
+
+    def rows(folder):
+        with open(tmp_path / folder / "results.csv", newline="") as f:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+    assert rows("sharded") == rows("single") and len(rows("single")) == 4
+    assert (tmp_path / "sharded" / "worst_case.csv").read_text() == (tmp_path / "single" / "worst_case.csv").read_text()
+    masks = [[json.loads(line)["robust_mask"] for line in (tmp_path / f / "results.jsonl").read_text().splitlines()]
+             for f in ("sharded", "single")]
+    assert masks[0] == masks[1]
+
+
+def test_chunks_deal_round_robin_and_cover_every_sample_once():
+    from robust_snn.attacks.evaluate import Chunks
+
+    parts = [Chunks(10, 3, rank=r, world=3) for r in range(3)]
+    assert [[c for c, _ in p.mine()] for p in parts] == [[0, 3], [1], [2]]
+    owned = torch.stack([p.owned for p in parts]).int()
+    assert torch.equal(owned.sum(0), torch.ones(10, dtype=torch.int))
+    single = Chunks(10, 3)
+    t = torch.arange(10.0)
+    assert single.gather(t) is t and single.all == [(0, 3), (3, 6), (6, 9), (9, 10)]
+
+
+def test_shard_epoch_matches_distributed_sampler_dealing():
+    from robust_snn.training import shard_epoch
+
+    perm = torch.randperm(11, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(shard_epoch(perm, 0, 1), perm)
+    shards = [shard_epoch(perm, r, 3) for r in range(3)]
+    assert all(len(s) == 4 for s in shards)  # padded to 12: equal steps on every rank
+    assert set(torch.cat(shards).tolist()) == set(perm.tolist())
+    assert torch.equal(shards[1], perm[torch.tensor([1, 4, 7, 10])])
+
+
+def test_plain_process_is_not_distributed(monkeypatch):
+    from robust_snn import distributed
+    from robust_snn.errors import RobustSNNError
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    d = distributed.init("cpu")
+    assert (d.rank, d.world, d.is_main, d.enabled) == (0, 1, True, False)
+    t = torch.ones(3)
+    assert distributed.sum_rows(t, torch.tensor([True, False, True])) is t
+    assert distributed.broadcast_object({"a": 1}) == {"a": 1} and distributed.max_float(2.5) == 2.5
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(RobustSNNError, match="launch with torchrun"):
+        distributed.init("cpu")
+
+
+def test_python_dash_m_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "robust_snn", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Usage: robust-snn" in proc.stdout and "train" in proc.stdout
