@@ -198,6 +198,7 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
         "device": str(device), "threads": torch.get_num_threads(), "torch": str(torch.__version__),
         "arch": _arch_args(args), "batch": args.batch_size, "matmul_gflops": matmul_gflops(device), "cases": [],
     }
+    rate_at_start = report["matmul_gflops"]
     for T in steps:
         report.setdefault("max_logit_diff", {})[str(T)] = check_same_logits(_arch_args(args), T, device)
         for mode in modes:
@@ -207,9 +208,14 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
             report["cases"].append({
                 "mode": mode, "num_steps": T, "ours": ours, "ours_unfused": unfused, "baseline": base,
                 "speedup": ours["img_per_s"] / base["img_per_s"],
-                "ours_fraction_of_matmul": ours["gflops"] / report["matmul_gflops"],
                 "memory_ratio": (ours["peak_mb"] / base["peak_mb"]) if base["peak_mb"] > 0 else None,
             })
+    # The rate is measured again at the end and the higher one kept: a shared CPU's slow moment at the
+    # start would otherwise understate it and inflate "% of matmul".
+    report["matmul_gflops_start_end"] = [rate_at_start, matmul_gflops(device)]
+    report["matmul_gflops"] = max(report["matmul_gflops_start_end"])
+    for c in report["cases"]:
+        c["ours_fraction_of_matmul"] = c["ours"]["gflops"] / report["matmul_gflops"]
     if args.json:
         print(json.dumps(report, indent=2))
     else:

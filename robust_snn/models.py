@@ -160,6 +160,7 @@ class SpikingClassifier(nn.Module):
         self._has_conv = any(isinstance(m, nn.Conv2d) for m in self.modules())
         #: run convolutions in channels-last layout (see :meth:`set_fast`)
         self.channels_last = True
+        self._conv_weight_layout()
 
     # -- helpers -------------------------------------------------------------------------
     @property
@@ -201,9 +202,18 @@ class SpikingClassifier(nn.Module):
     def set_fast(self, enabled: bool) -> "SpikingClassifier":
         """Switch every fast path (fused LIF, channels-last) on or off; off is the plain reference path."""
         self.channels_last = bool(enabled)
+        self._conv_weight_layout()
         for m in self.lif_layers:
             m.fused = bool(enabled)
         return self
+
+    def _conv_weight_layout(self) -> None:
+        """Convolution weights in the activations' layout, so forward and backward never mix layouts."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.weight.data = m.weight.data.contiguous(memory_format=fmt)
 
     def _check_input(self, x: torch.Tensor) -> None:
         cfg = self.config

@@ -48,6 +48,13 @@ def _empty_seq(num_steps: int, like: torch.Tensor) -> torch.Tensor:
     return torch.empty((num_steps, *like.shape), dtype=like.dtype, device=like.device)
 
 
+def _like(g: Optional[torch.Tensor], seq: torch.Tensor) -> Optional[torch.Tensor]:
+    """``g`` with the memory layout of ``seq`` (``[T, B, ...]``), copied only if it differs."""
+    if g is None or g.stride() == seq.stride():
+        return g
+    return _empty_seq(seq.shape[0], seq[0]).copy_(g)
+
+
 def _fast_lif_forward(cur: torch.Tensor, num_steps: int, static: bool, beta: float, thr: float,
                       reset: int, keep_mem: bool = True) -> tuple:
     """No-grad LIF recurrence with one fused update per step into preallocated buffers.
@@ -98,13 +105,20 @@ class _FusedLIF(torch.autograd.Function):
         if mem_seq is None:  # inference without recording: nothing to save, no membrane output
             mem_seq = spk_seq.new_empty(0)
         ctx.save_for_backward(mem_seq, spk_seq if reset == 1 else None)
+        ctx.set_materialize_grads(False)  # an unused membrane output gets None, not a [T, B, ...] of zeros
         ctx.reset, ctx.spike_fn, ctx.beta, ctx.thr, ctx.static = reset, spike_fn, b, th, static
         return spk_seq, mem_seq
 
     @staticmethod
     def backward(ctx, g_spk, g_mem):  # type: ignore[override]
         mem_seq, spk_seq = ctx.saved_tensors
+        if g_spk is None and g_mem is None:
+            return None, None, None, None, None, None, None, None
         beta, thr, T = ctx.beta, ctx.thr, mem_seq.shape[0]
+        # one copy into the membrane's layout (e.g. NCHW gradients from a Flatten into channels-last
+        # spikes): mixed-stride element-wise ops are several times slower than the copy
+        g_spk = _like(g_spk, mem_seq)
+        g_mem = _like(g_mem, mem_seq)
         derivative = getattr(ctx.spike_fn, "derivative_", None)
         if derivative is None:  # generic surrogate: its own backward on the whole sequence
             with torch.enable_grad():
