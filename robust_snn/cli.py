@@ -61,6 +61,9 @@ def _echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2))
 
 
+#: commands that shard their work under torchrun
+DISTRIBUTED_COMMANDS = ("train", "attack", "sweep")
+
 checkpoint_option = click.option(
     "--checkpoint", type=click.Path(dir_okay=False), default=None, help="Checkpoint file (default: the shipped checkpoints/csnn-mnist.pt)."
 )
@@ -73,8 +76,14 @@ device_option = click.option("--device", default="auto", show_default=True, help
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="robust-snn")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: int) -> None:
     """robust-snn: adversarial robustness of spiking neural networks."""
+    from .distributed import launched_by_torchrun
+
+    if ctx.invoked_subcommand not in DISTRIBUTED_COMMANDS and launched_by_torchrun():
+        raise click.ClickException(f"'{ctx.invoked_subcommand}' runs as one process; under torchrun only "
+                                   f"{', '.join(DISTRIBUTED_COMMANDS)} do (see README, 'Scaling out')")
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("robust_snn").setLevel(level)

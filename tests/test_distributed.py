@@ -62,16 +62,16 @@ def test_torchrun_training_on_real_mnist_writes_one_loadable_checkpoint(tmp_path
     from robust_snn.data import load_split
 
     out = tmp_path / "ddp.pt"
-    # 7,600 training images, 32 per process per step: 119 steps per epoch, 238 in all
-    proc = _torchrun(["-v", "train", "--out", str(out), "--epochs", "2", "--limit", "8000", "--channels", "4,8", "--hidden", "32",
+    # 7,600 training images, 32 per process per step: 119 steps per epoch, 357 in all
+    proc = _torchrun(["-v", "train", "--out", str(out), "--epochs", "3", "--limit", "8000", "--channels", "4,8", "--hidden", "32",
                       "--num-steps", "4", "--batch-size", "32", "--lr", "5e-3", "--test-limit", "500", "--quiet"], data_dir)
     assert proc.stdout.count("saved ") == 1, proc.stdout  # rank 0 alone reports
     assert "DistributedDataParallel over 2 processes: 64 images per step" in proc.stderr
     model = load_model(out)
     recipe = model.checkpoint_recipe
-    assert recipe["world_size"] == 2 and recipe["effective_batch_size"] == 64 and recipe["epochs_run"] == 2
+    assert recipe["world_size"] == 2 and recipe["effective_batch_size"] == 64 and recipe["epochs_run"] == 3
     history = json.loads(out.with_name("ddp.log.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
     assert not out.with_name("ddp.state.pt").exists()
     x, y = load_split("mnist", "test", data_dir=data_dir, limit=500)
     with torch.no_grad():
@@ -204,6 +204,12 @@ def test_plain_process_is_not_distributed(monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(RobustSNNError, match="launch with torchrun"):
         distributed.init("cpu")
+
+
+def test_commands_without_sharding_refuse_torchrun(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    res = CliRunner().invoke(main, ["eval", "--limit", "10"])
+    assert res.exit_code == 1 and "'eval' runs as one process" in res.output and "Traceback" not in res.output
 
 
 def test_python_dash_m_runs_the_cli():
