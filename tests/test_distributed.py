@@ -115,26 +115,31 @@ def rate_checkpoint(tmp_path_factory, data_dir):
     return out
 
 
-@pytest.mark.parametrize("encoding", ["direct", "rate"])
+@pytest.mark.parametrize("encoding", ["direct", "rate", "direct+detector"])
 def test_sharded_attack_equals_the_single_process_run(encoding, tiny_checkpoint, rate_checkpoint, data_dir, tmp_path):
-    ckpt = tiny_checkpoint if encoding == "direct" else rate_checkpoint
-    limit = "256" if encoding == "direct" else "96"
+    ckpt = rate_checkpoint if encoding == "rate" else tiny_checkpoint
+    limit = {"direct": "256", "rate": "96", "direct+detector": "64"}[encoding]
     args = ["attack", "--checkpoint", str(ckpt), "--limit", limit, "--batch-size", "32", "--attack", "fgsm,pgd",
             "--eps", "0.05,0.15", "--steps", "5", "--restarts", "2", "--json"]
     if encoding == "rate":
         args += ["--eot-samples", "2", "--samples", "2"]
+    if encoding == "direct+detector":  # detector scores, rejection and the adaptive pgd-tcc, sharded too
+        args += ["--detector", "tcc:fpr=0.05", "--calibration-size", "100"]
     sharded = json.loads(_torchrun([*args, "--out", str(tmp_path / "sharded")], data_dir).stdout)
     single = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "single"), "--data-dir", str(data_dir)])
     assert single.exit_code == 0, single.output
     single = json.loads(single.output)
     assert [r["robust_accuracy"] for r in sharded["results"]] == [r["robust_accuracy"] for r in single["results"]]
+    if "detector" in encoding:
+        assert [r["attack"] for r in single["results"]][-1] == "pgd-tcc"
+        assert all(r["robust_accuracy_with_rejection"] >= r["robust_accuracy"] for r in single["results"])
     assert 0 < single["worst_case"][-1]["robust_accuracy"] < single["clean_accuracy"]
     files_sharded = {k: v for k, v in _strip(sharded).items() if k != "files"}
     files_single = {k: v for k, v in _strip(single).items() if k != "files"}
     assert files_sharded == files_single
     a = torch.load(tmp_path / "sharded" / "adversarial.pt", weights_only=True)
     b = torch.load(tmp_path / "single" / "adversarial.pt", weights_only=True)
-    assert len(a["adversarial"]) == 4 and _same(a, b)  # the adversarial images themselves, bit for bit
+    assert len(a["adversarial"]) == (6 if "detector" in encoding else 4) and _same(a, b)  # the adversarial images themselves, bit for bit
 
 
 def _same(a, b) -> bool:
