@@ -81,7 +81,11 @@ def main(ctx: click.Context, verbose: int) -> None:
     """robust-snn: adversarial robustness of spiking neural networks."""
     from .distributed import launched_by_torchrun
 
-    if ctx.invoked_subcommand not in DISTRIBUTED_COMMANDS and launched_by_torchrun():
+    try:
+        under_torchrun = launched_by_torchrun()
+    except RobustSNNError as e:
+        raise click.ClickException(str(e)) from None
+    if ctx.invoked_subcommand not in DISTRIBUTED_COMMANDS and under_torchrun:
         raise click.ClickException(f"'{ctx.invoked_subcommand}' runs as one process; under torchrun only "
                                    f"{', '.join(DISTRIBUTED_COMMANDS)} do (see README, 'Scaling out')")
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG

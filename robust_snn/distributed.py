@@ -75,6 +75,9 @@ def init(device: str = "auto", *, timeout_s: float = 1800.0) -> DistInfo:
         if key not in os.environ:
             raise RobustSNNError(f"WORLD_SIZE is set but {key} is not: launch with torchrun (see README, 'Scaling out')")
     local_rank = int(os.environ["LOCAL_RANK"])
+    if (device or "").lower().startswith("cuda:"):
+        raise RobustSNNError(f"--device {device} under torchrun: use --device cuda (or auto); each process takes "
+                             "GPU LOCAL_RANK (restrict the GPUs with CUDA_VISIBLE_DEVICES)")
     use_cuda = torch.cuda.is_available() and (device or "auto").lower() in ("auto", "cuda") or (device or "").startswith("cuda")
     if use_cuda:
         if not torch.cuda.is_available():

@@ -232,8 +232,13 @@ def train(
         state = distributed.broadcast_object(
             torch.load(sp, map_location="cpu", weights_only=True) if dd.is_main and sp.is_file() else None)
         if state is not None:
-            if state.get("config") != cfg or state.get("settings") != asdict(settings):
+            saved_settings = {**asdict(TrainSettings()), **dict(state.get("settings") or {})}  # keys added later: defaults
+            if state.get("config") != cfg or saved_settings != asdict(settings):
                 raise RobustSNNError(f"{sp} was written by a run with other settings; rerun without --resume or with the same options")
+            if int(state.get("world_size", 1)) != dd.world:
+                # the learning rate, the schedule's length and the adversarial warm-up depend on the steps per epoch
+                raise RobustSNNError(f"{sp} was written by a run with {int(state.get('world_size', 1))} process(es); "
+                                     f"resume it with the same number (this run has {dd.world})")
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             if sched is not None and state.get("scheduler") is not None:
@@ -342,6 +347,7 @@ def train(
             "history": history,
             "epoch": epoch,
             "train_seconds": train_seconds,
+            "world_size": dd.world,
         }
         with atomic_path(sp) as tmp:
             torch.save(state, tmp)

@@ -94,6 +94,9 @@ def test_torchrun_training_resumes_after_sigkill(tmp_path, data_dir):
     proc.wait()
     done = json.loads(out.with_name("r.log.json").read_text())
     assert 1 <= len(done) < 3 and not out.exists()
+    # the schedule depends on the steps per epoch: resuming with another number of processes is refused
+    other = CliRunner().invoke(main, [*args, "--resume", "--data-dir", str(data_dir)])
+    assert other.exit_code == 1 and "written by a run with 2 process(es)" in other.output, other.output
     resumed = _torchrun(["-v", *args, "--resume"], data_dir)
     assert f"resuming from {state}" in resumed.stderr, resumed.stderr
     history = json.loads(out.with_name("r.log.json").read_text())
@@ -209,6 +212,13 @@ def test_plain_process_is_not_distributed(monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     with pytest.raises(RobustSNNError, match="launch with torchrun"):
         distributed.init("cpu")
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(RobustSNNError, match="use --device cuda"):  # every rank would take the same GPU
+        distributed.init("cuda:1")
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    res = CliRunner().invoke(main, ["info"])
+    assert res.exit_code == 1 and "WORLD_SIZE must be an integer" in res.output and "Traceback" not in res.output
 
 
 def test_commands_without_sharding_refuse_torchrun(monkeypatch, tmp_path):
