@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -192,8 +192,3 @@ def split_validation(
     val, tr = perm[:n_val], perm[n_val:]
     return (x[tr], y[tr]), (x[val], y[val])
 
-
-def batches(n: int, batch_size: int, *, shuffle: bool = False, generator: Optional[torch.Generator] = None) -> List[torch.Tensor]:
-    """Index batches over ``range(n)``."""
-    idx = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    return list(idx.split(batch_size))

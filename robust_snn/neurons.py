@@ -65,13 +65,14 @@ def _fast_lif_forward(cur: torch.Tensor, num_steps: int, static: bool, beta: flo
     like = cur if static else cur[0]
     spk_seq = _empty_seq(num_steps, like)
     mem_seq = _empty_seq(num_steps if keep_mem else min(num_steps, 2), like)  # two alternating buffers suffice without it
+    slots = len(mem_seq)  # step t lives in slot t % slots
     for t in range(num_steps):
         c = cur if static else cur[t]
-        m = mem_seq[t if keep_mem else t % 2]
+        m = mem_seq[t % slots]
         if t == 0:
             m.copy_(c)
         else:
-            prev, s_prev = mem_seq[t - 1 if keep_mem else (t - 1) % 2], spk_seq[t - 1]
+            prev, s_prev = mem_seq[(t - 1) % slots], spk_seq[t - 1]
             if reset == 1:  # beta * ((1 - s) * mem) + cur; (1 - s) * mem is exact for s in {0, 1}
                 torch.addcmul(prev, s_prev, prev, value=-1.0, out=m)
                 m.mul_(beta)
@@ -120,11 +121,11 @@ class _FusedLIF(torch.autograd.Function):
         g_spk = _like(g_spk, mem_seq)
         g_mem = _like(g_mem, mem_seq)
         derivative = getattr(ctx.spike_fn, "derivative_", None)
-        if derivative is None:  # generic surrogate: its own backward on the whole sequence
+        if derivative is None and g_spk is not None:  # generic surrogate: its own backward on the whole sequence
             with torch.enable_grad():
                 u = (mem_seq - thr).requires_grad_(True)
                 (dsdu,) = torch.autograd.grad(ctx.spike_fn(u), u, grad_outputs=torch.ones_like(u))
-        d = torch.empty_like(mem_seq[0])
+        d = torch.empty_like(mem_seq[0]) if derivative is not None else None
         g_sum = torch.zeros_like(mem_seq[0]) if ctx.static else None
         g_cur = None if ctx.static else _empty_seq(T, mem_seq[0])
         scratch = torch.empty_like(mem_seq[0]) if ctx.static else None

@@ -132,7 +132,6 @@ def make_spike_fn(spec: str) -> SpikeFn:
         return fn(u)
 
     spike_fn.derivative_ = derivative  # type: ignore[attr-defined]
-    spike_fn.spec = canonical(spec)  # type: ignore[attr-defined]
     return spike_fn
 
 

@@ -258,12 +258,14 @@ def train(
                  dd.world, dd.world * settings.batch_size, lr)
 
     for epoch in range(start_epoch, settings.epochs + 1):
-        # dropout, noise, random starts: resumable and deterministic; other ranks draw their own
-        torch.manual_seed(settings.seed * 1000 + epoch + RANK_SEED_STRIDE * dd.rank)
-        gen = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
+        # dropout, noise, random starts, augmentation: resumable and deterministic; other ranks draw their own
+        epoch_seed = settings.seed * 1000 + epoch
+        rank_seed = epoch_seed + RANK_SEED_STRIDE * dd.rank
+        torch.manual_seed(rank_seed)
+        gen = torch.Generator().manual_seed(epoch_seed)
         order = shard_epoch(torch.randperm(len(x_tr), generator=gen), dd.rank, dd.world)  # same permutation on every rank
-        if dd.rank > 0:  # augmentation draws of their own
-            gen = torch.Generator().manual_seed(settings.seed * 1000 + epoch + RANK_SEED_STRIDE * dd.rank)
+        if dd.rank > 0:
+            gen = torch.Generator().manual_seed(rank_seed)
         net.train()
         tot_loss = tot_correct = tot_n = 0.0
         t0 = time.perf_counter()

@@ -161,7 +161,6 @@ def evaluate(
         if enc is not None and hasattr(enc, "reseed"):
             enc.reseed(s)
 
-    reseed()
     x, y = x.cpu(), y.cpu()
     n = len(x)
     dist_info = distributed.info()
@@ -197,7 +196,6 @@ def evaluate(
     try:
         for spec, e in outer:
             outer.set_postfix(attack=spec.name, eps=f"{e:g}")
-            reseed()
             params = attack_params(spec, steps=steps, queries=queries, seed=seed)
             t1 = time.perf_counter()
             x_adv, adv_logits = _attack_all(
@@ -268,7 +266,6 @@ def evaluate(
             zspec = next((s for s in specs if not s.minimum_norm), None)
             if zspec is not None:
                 m = min(n, batch_size)
-                reseed()
                 _, z_logits = _attack_all(  # the first chunk, on every rank (no sharding): one batch
                     zspec, attack_params(zspec, steps=steps, queries=queries, seed=seed), 0.0, crafter, attacked, judge,
                     x[:m], y[:m], clean_logits[:m], grads=grads[:1], restarts=1, chunks=Chunks(m, batch_size),
@@ -330,7 +327,7 @@ class Chunks:
     """
 
     def __init__(self, n: int, batch_size: int, *, rank: int = 0, world: int = 1) -> None:
-        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+        self.n, self.rank, self.world = n, rank, world
         self.all = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
         self.owned = torch.zeros(n, dtype=torch.bool)
         for _, (a, b) in self.mine():
