@@ -160,12 +160,11 @@ def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, o
         augment_shift=augment_shift, adv=adv, adv_eps=adv_eps, adv_steps=adv_steps, adv_alpha=adv_alpha,
         adv_warmup=adv_warmup, trades_beta=trades_beta, noise_sigma=noise_sigma, lr_scaling=lr_scaling,
     )
-    settings.validate()
-    dd = distributed.init(device)
     _, metrics = train_fn(model_config, settings, out=out, data_dir=data_dir, device=device, resume=resume,
-                          command=_command_line(), progress=not quiet)
+                          command=_command_line(), progress=not quiet)  # joins the process group under torchrun
+    is_main = distributed.info().is_main
     distributed.shutdown()
-    if not dd.is_main:
+    if not is_main:
         return
     click.echo(
         f"saved {metrics['checkpoint']}: test accuracy {100 * metrics['test_accuracy']:.2f}% "
@@ -430,10 +429,11 @@ def sweep(spec: str, out: Optional[str], resume: bool, max_cells: Optional[int],
     if max_cells is not None and max_cells < 1:
         raise RobustSNNError(f"--max-cells must be >= 1, got {max_cells}")
     out_dir = Path(out) if out else Path("experiments") / "results" / s.name
-    dd = distributed.init(s.device)
-    summary = run_sweep(s, out_dir, resume=resume, data_dir=data_dir, progress=not (quiet or as_json), max_cells=max_cells)
+    summary = run_sweep(s, out_dir, resume=resume, data_dir=data_dir, progress=not (quiet or as_json),
+                        max_cells=max_cells)  # joins the process group under torchrun
+    is_main = distributed.info().is_main
     distributed.shutdown()
-    if not dd.is_main:
+    if not is_main:
         return
     if as_json:
         _echo_json(summary)

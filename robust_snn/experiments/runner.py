@@ -283,10 +283,10 @@ def run_sweep(spec: ExperimentSpec, out_dir: str | Path, *, resume: bool = True,
         if dd.is_main:
             _append_row(jsonl, row)
             rows.append(row)
-            write_tables(out, [r for r in rows if r["key"] in keys])
+            write_tables(out, rows)
     if not dd.is_main:
         return distributed.broadcast_object(None)
-    current = [r for r in rows if r["key"] in keys]
+    current = rows  # only this spec's cells on this data (filtered when read)
     write_tables(out, current)
     complete = len(current) == len(all_cells)
     files = [str(out / f) for f in ("results.jsonl", "results.csv", "worst_case.csv")]
