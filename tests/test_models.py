@@ -135,7 +135,7 @@ def test_every_fast_path_matches_the_plain_reference_path(arch, encoding):
     assert g_r.abs().sum() > 0 and torch.allclose(g_f, g_r, rtol=1e-4, atol=1e-6)
 
 
-def test_fast_path_keeps_channels_last_and_inference_skips_membrane_trace():
+def test_fast_path_keeps_channels_last_and_recording_keeps_the_membrane_trace():
     torch.manual_seed(0)
     model = build_model("csnn", channels=[4, 8], hidden=[16], threshold=0.3, num_steps=5).eval()
     x = torch.rand(3, 1, 28, 28)
