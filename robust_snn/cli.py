@@ -222,10 +222,32 @@ def eval_cmd(checkpoint: Optional[str], dataset: Optional[str], split: str, limi
 
 
 
+def _limit(value: Optional[str], default: Optional[int]) -> Optional[int]:
+    """``--limit``: a positive integer or ``all`` (``None``: the whole split)."""
+    if value is None:
+        return default
+    if value.strip().lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise RobustSNNError(f"--limit must be a positive integer or 'all', got {value!r}") from None
+    if n < 1:
+        raise RobustSNNError(f"--limit must be a positive integer or 'all', got {value!r}")
+    return n
+
+
+#: ``robust-snn attack`` evaluates this many test images unless ``--limit`` says otherwise
+DEFAULT_ATTACK_LIMIT = 1000
+
+
 @main.command()
 @checkpoint_option
-@click.option("--attack", "attack_names", default="fgsm,pgd", show_default=True, help="Comma-separated attacks (see `robust-snn info`).")
-@click.option("--eps", default="0.1", show_default=True, help="L∞ budgets on the [0, 1] scale, comma-separated.")
+@click.option("--suite", default=None, help="Attack suite (default: standard, the strong SNN-aware cascade; quick: FGSM + PGD "
+              "smoke test). Not with --attack.")
+@click.option("--attack", "attack_names", default=None, help="Run exactly these attacks instead of a suite, comma-separated "
+              "(see `robust-snn info`); each attacks every clean-correct input.")
+@click.option("--eps", default=None, help="L∞ budgets on the [0, 1] scale, comma-separated  [default: 0.1]")
 @click.option("--eps-l2", default=None, help="L2 radii for L2 attacks (pgdl2, cw, deepfool), comma-separated (default 1.5).")
 @click.option("--steps", type=int, default=None, help="Iterations of iterative attacks (default: per attack, see info).")
 @click.option("--queries", type=int, default=None, help="Queries of the Square attack (default 5000).")
@@ -234,13 +256,15 @@ def eval_cmd(checkpoint: Optional[str], dataset: Optional[str], split: str, limi
 @click.option("--eot-samples", type=int, default=None, help="Encoder draws per gradient for stochastic models (default 8).")
 @click.option("--samples", type=int, default=None, help="Forward draws to judge stochastic models (default 8).")
 @click.option("--dataset", default=None, help="Dataset (default: the checkpoint's).")
-@click.option("--limit", type=int, default=None, help="Only the first N test images (default: all).")
+@click.option("--limit", default=None, help=f"The first N test images, or 'all'  [default: {DEFAULT_ATTACK_LIMIT}]")
 @click.option("--num-steps", type=int, default=None, help="Override T.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Save adversarial examples, results JSON and a figure here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--checks/--no-checks", default=True, show_default=True, help="Sanity checks (Carlini et al. 2019).")
+@click.option("--check-convergence", is_flag=True, help="Rerun the last gradient stage with twice the steps on the survivors "
+              "among the first 200 images; the check fails if that breaks more than 1 % of them.")
 @click.option("--defense", "defenses", multiple=True, help="Input preprocessor, repeatable, applied in order: "
               "blur:sigma=1.0,kernel=5 or quantize:bits=4.")
 @click.option("--detector", default=None, help="Detector with rejection, e.g. tcc:fpr=0.05 (calibrated on held-out clean data).")
@@ -250,12 +274,16 @@ def eval_cmd(checkpoint: Optional[str], dataset: Optional[str], split: str, limi
 @data_dir_option
 @device_option
 @_user_errors
-def attack(checkpoint: Optional[str], attack_names: str, eps: str, eps_l2: Optional[str], steps: Optional[int], queries: Optional[int],
-           restarts: int, surrogate: Optional[str], eot_samples: Optional[int], samples: Optional[int], dataset: Optional[str],
-           limit: Optional[int], num_steps: Optional[int], batch_size: int, seed: int, out: Optional[str], as_json: bool,
-           checks: bool, defenses: tuple, detector: Optional[str], adaptive: bool, calibration_size: int,
-           data_dir: Optional[str], device: str) -> None:
+def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Optional[str], eps: Optional[str], eps_l2: Optional[str],
+           steps: Optional[int], queries: Optional[int], restarts: int, surrogate: Optional[str], eot_samples: Optional[int],
+           samples: Optional[int], dataset: Optional[str], limit: Optional[str], num_steps: Optional[int], batch_size: int, seed: int,
+           out: Optional[str], as_json: bool, checks: bool, check_convergence: bool, defenses: tuple, detector: Optional[str],
+           adaptive: bool, calibration_size: int, data_dir: Optional[str], device: str) -> None:
     """Attack a checkpoint through surrogate gradients and report robust accuracy.
+
+    By default runs the standard suite (a cascade of strong SNN-aware attacks, ending with
+    gradient-free Square) on the first 1,000 test images; the number to report is the
+    per-sample worst case with its 95 % interval.
 
     Shards the test set under torchrun (torchrun --nproc_per_node=N -m robust_snn attack ...);
     rank 0 prints and writes exactly what one process would.
@@ -273,24 +301,45 @@ def attack(checkpoint: Optional[str], attack_names: str, eps: str, eps_l2: Optio
     from .reporting import format_table, json_ready, save_attack_outputs
     from .surrogates import parse_spec
 
-    names = [a.strip() for a in attack_names.split(",") if a.strip()]
-    eps_list = _number_list(eps, "--eps")
+    from .attacks import get_spec, get_suite
+
+    if attack_names is not None and suite is not None:
+        raise RobustSNNError("give --attack (exactly these attacks) or --suite, not both")
+    names = None if attack_names is None else [a.strip() for a in attack_names.split(",") if a.strip()]
+    if names is not None and not names:
+        raise RobustSNNError("--attack is empty; name at least one attack (see `robust-snn info`)")
+    specs = [get_spec(a) for a in names] if names is not None else [get_spec(st.attack) for st in get_suite(suite or "standard").stages]
+    norms = {sp.norm for sp in specs}
+    for opt, value, knob in (("--steps", steps, "steps"), ("--queries", queries, "queries")):
+        if value is not None and not any(knob in sp.defaults for sp in specs):
+            raise RobustSNNError(f"{opt} is used by none of the attacks ({', '.join(sp.name for sp in specs)}); leave it out")
+    if eps is not None and "Linf" not in norms:
+        raise RobustSNNError("--eps sets L∞ budgets, but none of the attacks is an L∞ attack; give the L2 radius with --eps-l2")
+    if eps_l2 is not None and "L2" not in norms:
+        raise RobustSNNError("--eps-l2 sets L2 radii, but none of the attacks is an L2 attack (pgdl2, cw, deepfool); use --eps")
+    eps_list = _number_list(eps if eps is not None else "0.1", "--eps")
     eps_l2_list = _number_list(eps_l2, "--eps-l2")
+    n_limit = _limit(limit, DEFAULT_ATTACK_LIMIT)
     if surrogate is not None and surrogate != "ensemble":
         parse_spec(surrogate)
+    if out:
+        from .utils import ensure_writable_dir
+
+        ensure_writable_dir(out)
     dd = distributed.init(device)
     device = distributed.device_for(device)
     model = load_model(checkpoint, device=device, num_steps=num_steps)
     ds = dataset or model.config["dataset"]
     target, source, x, y, notes = _defended_setup(model, ds, defenses=defenses, detector=detector, adaptive=adaptive,
-                                                  calibration_size=calibration_size, limit=limit, data_dir=data_dir)
+                                                  calibration_size=calibration_size, limit=n_limit, data_dir=data_dir)
     torch.manual_seed(seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RobustnessWarning)
-        result = evaluate(target, x, y, attacks=names, eps=eps_list, eps_l2=eps_l2_list, steps=steps, queries=queries,
-                          restarts=restarts, surrogate=surrogate, eot_samples=eot_samples, samples=samples,
-                          batch_size=batch_size, seed=seed, checks=checks, progress=not as_json and dd.is_main,
-                          keep_examples=out is not None, source_model=source)
+        result = evaluate(target, x, y, attacks=names, suite=None if names is not None else (suite or "standard"), eps=eps_list,
+                          eps_l2=eps_l2_list, steps=steps, queries=queries, restarts=restarts, surrogate=surrogate,
+                          eot_samples=eot_samples, samples=samples, batch_size=batch_size, seed=seed, checks=checks,
+                          progress=not as_json and dd.is_main, keep_examples=out is not None, source_model=source,
+                          convergence=check_convergence)
     distributed.shutdown()
     if not dd.is_main:
         return
@@ -551,6 +600,10 @@ def info(as_json: bool) -> None:
     click.echo("encoders:   " + ", ".join(f"{k}{' (stochastic)' if v['stochastic'] else ''}" for k, v in data["encoders"].items()))
     click.echo("datasets:   " + ", ".join(data["datasets"]))
     click.echo("surrogates: " + ", ".join(data["surrogates"]) + "; attack-only: " + ", ".join(data["attack_gradients"]))
+    click.echo("suites:")
+    for name, su in data["suites"].items():
+        stages = " -> ".join(f"{st['attack']}[{st['gradient']}]" for st in su["stages"])
+        click.echo(f"  {name:<9}{' (default)' if su['default'] else ''} {stages}" + ("" if su["robustness_claim"] else "  (smoke test)"))
     if data.get("attacks"):
         click.echo("attacks:")
         for name, a in data["attacks"].items():

@@ -30,6 +30,15 @@ def gather_info() -> Dict[str, Any]:
         }
     except ImportError:  # pragma: no cover - attacks subpackage always ships
         data["attacks"] = {}
+    from .attacks.suite import DEFAULT_SUITE, SUITES
+
+    data["suites"] = {
+        name: {"default": name == DEFAULT_SUITE, "cascade": s.cascade, "robustness_claim": s.claim, "description": s.description,
+               "stages": [{"attack": st.attack, "gradient": st.gradient or "model",
+                           **{k: v for k, v in (("steps", st.steps), ("queries", st.queries), ("targets", st.targets)) if v is not None}}
+                          for st in s.stages]}
+        for name, s in SUITES.items()
+    }
     try:
         path = default_checkpoint()
         payload = read_checkpoint(path)

@@ -12,39 +12,58 @@ from .utils import atomic_path
 
 def json_ready(result: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
     """The JSON-serializable part of :func:`robust_snn.attacks.evaluate`'s result."""
-    skip = {"examples", "example_predictions", "clean_predictions", "clean_logits", "detector_scores", "example_rejected"}
+    skip = {"examples", "example_predictions", "clean_predictions", "clean_logits", "detector_scores", "example_rejected",
+            "worst_case_masks", "worst_case_defended_masks"}
     return {**extra, **{k: v for k, v in result.items() if k not in skip}}
 
 
+def _pct_ci(lo: float, hi: float) -> str:
+    return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
 def format_table(result: Dict[str, Any]) -> str:
-    """Human-readable table: one line per attack and eps, then the worst case and checks."""
+    """Human-readable table: one line per attack (or suite stage) and eps, then the worst case and checks."""
+    from .attacks.suite import QUICK_WARNING, get_suite
+
     lines: List[str] = []
-    lines.append(f"n={result['n']}  clean accuracy {100 * result['clean_accuracy']:.2f}%  "
+    ci = result["clean_interval"]
+    lines.append(f"n={result['n']}  clean accuracy {100 * result['clean_accuracy']:.2f}% {_pct_ci(ci['ci_low'], ci['ci_high'])}  "
                  f"gradient: {result['surrogate']}" + (f"  EOT samples: {result['eot_samples']}, eval samples: {result['eval_samples']}" if result["stochastic"] else ""))
-    head = f"{'attack':<11}{'norm':<5}{'eps':>6}{'clean':>8}{'robust':>8}{'success':>9}{'Linf mean/max':>16}{'L2 mean/max':>15}{'Δspikes':>9}{'time s':>8}{'img/s':>8}"
+    if result.get("suite"):
+        s = get_suite(result["suite"])
+        lines.append(f"suite: {s.name}: {s.description}")
+        if not s.claim:
+            lines.append(f"WARNING: {QUICK_WARNING}")
+    cascade = any(r.get("cascade") for r in result["results"])
+    width = max([len("attack")] + [len(r["attack"]) for r in result["results"]]) + 2
+    head = (f"{'stage' if cascade else 'attack':<{width}}{'norm':<5}{'eps':>6}{'attacked':>9}{'broken':>8}{'robust':>9}{'95% CI':>15}"
+            f"{'Linf max':>9}{'L2 mean':>8}{'Δspikes':>9}{'time s':>8}")
     lines.append(head)
     lines.append("-" * len(head))
     for r in result["results"]:
         lines.append(
-            f"{r['attack']:<11}{r['norm']:<5}{r['eps']:>6g}{100 * r['clean_accuracy']:>7.2f}%{100 * r['robust_accuracy']:>7.2f}%"
-            f"{100 * r['success_rate']:>8.2f}%{r['linf_mean']:>8.3f}/{r['linf_max']:<7.3f}{r['l2_mean']:>7.2f}/{r['l2_max']:<7.2f}"
-            f"{r['spike_count_change']:>9.2f}{r['seconds']:>8.1f}{r['img_per_s']:>8.1f}"
+            f"{r['attack']:<{width}}{r['norm']:<5}{r['eps']:>6g}{r['attacked']:>9}{r['broken']:>8}{100 * r['robust_accuracy']:>8.2f}%"
+            f"{_pct_ci(r['ci_low'], r['ci_high']):>15}{r['linf_max']:>9.3f}{r['l2_mean']:>8.2f}{r['spike_count_change']:>9.2f}{r['seconds']:>8.1f}"
         )
+    if cascade:
+        lines.append("(cascade: each stage attacks only the samples still robust after the earlier stages; "
+                     "'robust' is the accuracy after the stage)")
     det = result.get("detector")
     if det:
         lines.append(f"detector {det['spec']} (threshold {det['threshold']:.3f}): clean rejection rate "
                      f"{100 * det['clean_rejection_rate']:.2f}% (target {100 * det['fpr_target']:g}%), clean accuracy with rejection "
                      f"{100 * det['clean_accuracy_with_rejection']:.2f}%")
-        lines.append(f"  {'attack':<11}{'eps':>6}{'detected':>10}{'AUROC':>8}{'robust w/ rejection':>21}")
+        lines.append(f"  {'attack':<{width}}{'eps':>6}{'detected':>10}{'AUROC':>8}{'robust w/ rejection':>21}")
         for r in result["results"]:
             if "detection_rate" in r:
                 dr = "-" if r["detection_rate"] is None else f"{100 * r['detection_rate']:.1f}%"
                 au = "-" if r["auroc"] is None else f"{r['auroc']:.3f}"
-                lines.append(f"  {r['attack']:<11}{r['eps']:>6g}{dr:>10}{au:>8}{100 * r['robust_accuracy_with_rejection']:>20.2f}%")
+                lines.append(f"  {r['attack']:<{width}}{r['eps']:>6g}{dr:>10}{au:>8}{100 * r['robust_accuracy_with_rejection']:>20.2f}%")
     lines.append("worst case over attacks (per sample):")
     for w in result["worst_case"]:
         rej = f", with rejection {100 * w['robust_accuracy_with_rejection']:.2f}%" if "robust_accuracy_with_rejection" in w else ""
-        lines.append(f"  {w['norm']:<5} eps={w['eps']:<6g} robust accuracy {100 * w['robust_accuracy']:.2f}%{rej}  ({', '.join(w['attacks'])})")
+        lines.append(f"  {w['norm']:<5} eps={w['eps']:<6g} robust accuracy {100 * w['robust_accuracy']:.2f}% "
+                     f"{_pct_ci(w['ci_low'], w['ci_high'])} (95% Wilson, n={w['n']}){rej}")
     if result["checks"]:
         lines.append("sanity checks:")
         for c in result["checks"]:

@@ -41,6 +41,84 @@ class _HeavisideSpike(torch.autograd.Function):
         return grad_out * grad, None, None
 
 
+class _AdaptiveSpike(torch.autograd.Function):
+    """Heaviside forward; backward shaped by the membrane statistics of the current input.
+
+    ``u`` is one time step of one layer, ``[B, ...]``; the statistics are taken per
+    sample over the layer's neurons, so a sample's gradient never depends on the
+    other samples of its batch (the published versions use batch statistics).
+    """
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, kind: str, p1: float, p2: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(u)
+        ctx.kind, ctx.p1, ctx.p2 = kind, p1, p2
+        return (u > 0).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        (u,) = ctx.saved_tensors
+        d = u.clone()
+        _ADAPTIVE[ctx.kind](ctx.p1, ctx.p2)(d)
+        return grad_out * d, None, None, None
+
+
+def _per_sample(stat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``[B]`` statistics broadcast against ``like`` ``[B, ...]`` (or an unbatched ``[N]``)."""
+    return stat.view(-1, *([1] * (like.dim() - 1))) if like.dim() > 1 else stat
+
+
+def _pdsg_derivative(shift: float, _unused: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """PDSG: Gaussian of width sigma = std of the layer's membrane potential (per sample), centred at ``shift * sigma``."""
+
+    def derivative_(d: torch.Tensor) -> torch.Tensor:
+        flat = d.flatten(1) if d.dim() > 1 else d.view(1, -1)
+        sigma = flat.std(1, unbiased=False)
+        sigma = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+        sigma = _per_sample(sigma, d) if d.dim() > 1 else sigma
+        return d.sub_(shift * sigma).div_(sigma * math.sqrt(2.0)).square_().neg_().exp_().div_(sigma * math.sqrt(2 * math.pi))
+
+    return derivative_
+
+
+def _assg_derivative(vanish: float, relax: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ASSG: arctan surrogate whose sharpness is ``a / (E|u| + relax * E||u| - E|u||)`` for the current input."""
+    a = 2.0 * math.tan(vanish * math.pi) / math.pi  # the sharpness that keeps the expected vanishing below ``vanish``
+
+    def derivative_(d: torch.Tensor) -> torch.Tensor:
+        flat = d.abs().flatten(1) if d.dim() > 1 else d.abs().view(1, -1)
+        m = flat.mean(1, keepdim=True)
+        dev = (flat - m).abs().mean(1)
+        alpha = a / (m.squeeze(1) + relax * dev + 1e-4)
+        alpha = _per_sample(alpha, d) if d.dim() > 1 else alpha
+        return d.mul_(alpha * (math.pi / 2)).square_().add_(1.0).reciprocal_().mul_(alpha / 2)
+
+    return derivative_
+
+
+_ADAPTIVE: Dict[str, Callable[[float, float], Callable[[torch.Tensor], torch.Tensor]]] = {
+    "pdsg": _pdsg_derivative,
+    "assg": _assg_derivative,
+}
+
+
+def _adaptive(kind: str, p1: float, p2: float) -> SpikeFn:
+    p1, p2 = float(p1), float(p2)
+
+    def inner(u: torch.Tensor) -> torch.Tensor:
+        return _AdaptiveSpike.apply(u, kind, p1, p2)
+
+    return inner
+
+
+def _pdsg(shift: float = 0.5) -> SpikeFn:
+    return _adaptive("pdsg", shift, 0.0)
+
+
+def _assg(vanish: float = 0.4, relax: float = 1.5) -> SpikeFn:
+    return _adaptive("assg", vanish, relax)
+
+
 def _sigmoid(slope: float = 25.0) -> SpikeFn:
     slope = float(slope)
 
@@ -66,6 +144,20 @@ SURROGATES: Dict[str, Tuple[Callable[..., SpikeFn], dict, str]] = {
     "sigmoid": (_sigmoid, {"slope": 25.0}, "logistic derivative (stable form of snnTorch's)"),
     "triangular": (_triangular, {"width": 1.0}, "max(0, 1-|u|/w)/w"),
     "straight_through": (lambda: snn_surrogate.straight_through_estimator(), {}, "identity gradient"),
+    "pdsg": (_pdsg, {"shift": 0.5},
+             "Gaussian, width = per-layer std of the membrane potential of the current input (PDSG, arXiv 2503.03272)"),
+    "assg": (_assg, {"vanish": 0.4, "relax": 1.5},
+             "arctan, sharpness set per layer from the membrane statistics of the current input (ASSG, arXiv 2512.22522)"),
+}
+
+#: Allowed range of every surrogate parameter: (low, high, low inclusive); values must be finite.
+PARAM_RANGES: Dict[str, Tuple[float, float, bool]] = {
+    "slope": (0.0, math.inf, False),
+    "alpha": (0.0, math.inf, False),
+    "width": (0.0, math.inf, False),
+    "shift": (-5.0, 5.0, True),
+    "vanish": (0.0, 0.5, False),
+    "relax": (0.0, math.inf, True),
 }
 #: Gradient choices that are not a per-spike surrogate (only for attacks).
 SPECIAL_GRADIENTS = {"rate": "backward through firing rates (BPTR / RGA), exact forward"}
@@ -79,6 +171,8 @@ ENSEMBLE = (
     "sigmoid",
     "triangular",
     "straight_through",
+    "pdsg",
+    "assg",
     "rate",
 )
 
@@ -101,9 +195,14 @@ def parse_spec(spec: str) -> Tuple[str, dict]:
                     f"bad surrogate parameter {item!r} in {spec!r}; {name} takes: {', '.join(allowed) or 'none'}"
                 )
             try:
-                kwargs[key] = float(value)
+                v = float(value)
             except ValueError:
                 raise RobustSNNError(f"surrogate parameter {key} must be a number, got {value!r}") from None
+            lo, hi, lo_ok = PARAM_RANGES[key]
+            if not math.isfinite(v) or not (v >= lo if lo_ok else v > lo) or not v < hi:
+                rng = f"{'[' if lo_ok else '('}{lo:g}, {hi:g})"
+                raise RobustSNNError(f"surrogate parameter {key} in {spec!r} must be a finite number in {rng}, got {value.strip()!r}")
+            kwargs[key] = v
     return name, kwargs
 
 
@@ -155,6 +254,10 @@ def _derivative(name: str, **p: float) -> Callable[[torch.Tensor], torch.Tensor]
         return lambda d: d.abs_().div_(-w).add_(1.0).clamp_(min=0.0).div_(w)
     if name == "straight_through":
         return lambda d: d.fill_(1.0)
+    if name == "pdsg":
+        return _pdsg_derivative(p["shift"])
+    if name == "assg":
+        return _assg_derivative(p["vanish"], p["relax"])
     raise RobustSNNError(f"no derivative for surrogate {name!r}")  # pragma: no cover - every SURROGATES entry has one
 
 

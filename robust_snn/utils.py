@@ -141,3 +141,19 @@ def progress_bar(iterable: Any, *, enabled: bool = True, **kwargs: Any) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(iterable, disable=None if enabled else True, leave=False, **kwargs)
+
+
+def ensure_writable_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
+    """Create ``path`` if needed and prove it is writable, before any long work starts."""
+    import tempfile
+
+    from .errors import RobustSNNError
+
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise RobustSNNError(f"{option} {p}: cannot write there ({e.strerror or e}); choose a writable folder") from None
+    return p

@@ -139,7 +139,8 @@ def test_no_resume_moves_old_results_aside(tiny_checkpoint, data_dir, tmp_path):
     ('eps = [0.1, 1.5]\n[[attacks]]\nname = "pgd"', "eps: 1.5 is not a number in [0, 1]"),
     ('[[attacks]]\nname = "pgdd"', "unknown attack 'pgdd'"),
     ('[[models]]\ncheckpoint = "nope.pt"\n[[attacks]]\nname = "pgd"', "checkpoint 'nope.pt' not found"),
-    ('eps = [0.1]', "no [[attacks]] given"),
+    ('models = []\n[[attacks]]\nname = "pgd"', "models is empty"),
+    ('[[attacks]]\nname = "standard"\nrestarts = 2', "a suite takes no restarts"),
     ('colour = 1\n[[attacks]]\nname = "pgd"', "unknown key 'colour'"),
     ('[[attacks]]\nname = "cw"', "L2 attack"),
     ('[[defenses]]\nname = "b"\npreprocessors = ["blur:sigma=-1"]\n[[attacks]]\nname = "pgd"', "sigma"),
@@ -208,3 +209,34 @@ def test_detector_defense_rows_carry_rejection(tiny_checkpoint, data_dir, tmp_pa
         assert defended.mean() == pytest.approx(r["robust_accuracy_with_rejection"])
     (w,) = worst_case_rows(rows)
     assert w["robust_accuracy_with_rejection"] >= w["robust_accuracy"]
+
+
+def test_a_spec_without_attacks_runs_the_standard_suite(tmp_path):
+    from robust_snn.experiments.spec import parse_spec
+
+    spec = parse_spec({"name": "s", "eps": [0.1]})
+    assert [(a.name, a.attack) for a in spec.attacks] == [("standard", "standard")]
+
+
+def test_a_suite_is_one_cell_per_eps_holding_its_worst_case(tiny_checkpoint, data_dir, tmp_path, monkeypatch):
+    from robust_snn import load_model
+    from robust_snn.attacks import SUITES, Stage, Suite, evaluate
+    from robust_snn.data import load_split
+    from robust_snn.experiments.runner import unpack_mask
+
+    monkeypatch.setitem(SUITES, "cheap", Suite("cheap", (Stage("fgsm"), Stage("pgd", "fast_sigmoid:slope=5", steps=3),
+                                                         Stage("square", queries=20)), cascade=True, claim=True, description="t"))
+    spec = _spec(tmp_path, tiny_checkpoint, eps="[0.0, 0.15]", attacks='[[attacks]]\nname = "cheap"\n', limit=40)
+    run_sweep(load_spec(spec), tmp_path / "o", data_dir=str(data_dir), progress=False, plots=False)
+    rows = read_rows(tmp_path / "o" / "results.jsonl")
+    assert [(r["attack"], r["eps"]) for r in rows] == [("cheap", 0.0), ("cheap", 0.15)]
+    zero, cell = rows
+    assert [c["attack"] for c in cell["check_rows"]] == ["fgsm", "pgd[fast_sigmoid:slope=5]", "square"]
+    assert [c["attack"] for c in zero["check_rows"]] == ["fgsm"]  # a zero budget breaks nothing: only the first stage
+    assert zero["robust_accuracy"] == pytest.approx(zero["clean_accuracy"])
+    # the cell is the cascade's per-sample worst case, the same as the API's
+    x, y = load_split("mnist", "test", data_dir=str(data_dir), limit=40)
+    res = evaluate(load_model(str(tiny_checkpoint)), x, y, suite="cheap", eps=[0.15], batch_size=64, checks=False)
+    assert (unpack_mask(cell["robust_mask"], 40) == res["worst_case_masks"]["Linf@0.15"].numpy()).all()
+    assert cell["robust_accuracy"] == pytest.approx(res["worst_case"][0]["robust_accuracy"])
+    assert cell["robust_accuracy"] < cell["clean_accuracy"]

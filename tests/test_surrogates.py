@@ -78,7 +78,8 @@ def test_spec_parsing():
 
 
 @pytest.mark.parametrize("spec", ["fast_sigmoid", "fast_sigmoid:slope=5", "atan", "atan:alpha=4", "sigmoid",
-                                  "sigmoid:slope=3", "triangular", "triangular:width=0.5", "straight_through"])
+                                  "sigmoid:slope=3", "triangular", "triangular:width=0.5", "straight_through", "pdsg",
+                                  "pdsg:shift=0", "assg", "assg:vanish=0.2,relax=0"])
 def test_in_place_derivative_equals_the_surrogate_backward(spec):
     """The fused LIF backward uses ``derivative_``; it must be the surrogate's own gradient."""
     fn = make_spike_fn(spec)
@@ -88,3 +89,28 @@ def test_in_place_derivative_equals_the_surrogate_backward(spec):
     got = fn.derivative_(u.clone())
     assert expected.abs().sum() > 0
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("spec", ["pdsg", "assg"])
+def test_adaptive_surrogates_follow_the_membrane_statistics_of_each_input(spec):
+    """PDSG's width and ASSG's sharpness come from the current input's membrane potentials:
+    scaling a sample's potentials by c scales its surrogate by 1/c, per sample, whatever its batch companions."""
+    fn = make_spike_fn(spec)
+    torch.manual_seed(0)
+    u = torch.randn(3, 2, 5, 5)
+    d = fn.derivative_(u.clone())
+    scaled = u.clone()
+    scaled[1] *= 4.0
+    d_scaled = fn.derivative_(scaled.clone())
+    assert torch.allclose(4.0 * d_scaled[1], d[1], rtol=1e-4, atol=1e-7)  # equivariant: the shape follows the statistics
+    assert torch.allclose(d_scaled[[0, 2]], d[[0, 2]])  # the other samples do not notice
+    assert torch.allclose(fn.derivative_(u[1:2].clone()), d[1:2])  # per sample, not per batch
+    fixed = make_spike_fn("atan").derivative_(scaled.clone())  # a fixed surrogate does not adapt
+    assert not torch.allclose(4.0 * fixed[1], make_spike_fn("atan").derivative_(u.clone())[1], rtol=1e-2)
+
+
+@pytest.mark.parametrize("bad", ["fast_sigmoid:slope=nan", "atan:alpha=inf", "fast_sigmoid:slope=-1", "sigmoid:slope=0",
+                                 "triangular:width=-inf", "assg:vanish=0.5", "pdsg:shift=nan"])
+def test_non_finite_or_out_of_range_parameters_are_refused(bad):
+    with pytest.raises(RobustSNNError, match="must be a finite number in"):
+        parse_spec(bad)

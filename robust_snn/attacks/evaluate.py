@@ -8,17 +8,21 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..errors import RobustSNNError
 from ..evaluation import DEFAULT_STOCHASTIC_SAMPLES
 from .. import distributed
+from ..stats import wilson_interval
 from ..surrogates import ENSEMBLE, canonical, use_surrogate
-from .checks import TOL_BOUND, check_model, check_results
+from .checks import TOL_BOUND, check_convergence, check_model, check_results
 from .eot import EOT
+from .guard import GradGuard
 from .registry import AttackSpec, attack_params, build_attack, get_spec
+from .suite import DEFAULT_SUITE, Suite, get_suite
 from ..utils import progress_bar
 
 log = logging.getLogger(__name__)
@@ -43,12 +47,37 @@ def _surrogates(surrogate: Optional[str]) -> List[Optional[str]]:
     return [canonical(surrogate)]
 
 
+def unique_budgets(values: Sequence[float]) -> List[float]:
+    """Budgets as floats, duplicates merged, in the given order."""
+    return list(dict.fromkeys(float(v) for v in values))
+
+
+def with_interval(k: int, n: int) -> Dict[str, Any]:
+    """``{"n", "k", "ci_low", "ci_high"}``: the 95 % Wilson interval of ``k / n``."""
+    lo, hi = wilson_interval(int(k), int(n))
+    return {"n": int(n), "k": int(k), "ci_low": lo, "ci_high": hi}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One attack at one budget: the unit of a row."""
+
+    spec: AttackSpec
+    eps: float
+    grads: Tuple[Optional[str], ...]
+    params: Dict[str, Any]
+    label: str
+    surrogate: str
+    cascade: bool
+
+
 def evaluate(
     model: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    attacks: Sequence[str] = ("fgsm", "pgd"),
+    attacks: Optional[Sequence[str]] = None,
+    suite: Optional[str] = None,
     eps: Sequence[float] = (0.1,),
     eps_l2: Optional[Sequence[float]] = None,
     steps: Optional[int] = None,
@@ -65,6 +94,7 @@ def evaluate(
     source_model: Optional[torch.nn.Module] = None,
     adaptive_detector_attack: bool = True,
     shard: Optional[bool] = None,
+    convergence: bool = False,
 ) -> Dict[str, Any]:
     """Attack ``model`` on ``(x, y)`` with every attack at every budget.
 
@@ -72,7 +102,12 @@ def evaluate(
         model: a :class:`~robust_snn.models.SpikingClassifier` (or any classifier on [0, 1] images).
         x: images ``[N, C, H, W]`` in [0, 1].
         y: labels ``[N]``.
-        attacks: names from :data:`robust_snn.attacks.ATTACKS`.
+        attacks: names from :data:`robust_snn.attacks.ATTACKS`; each attacks every
+            clean-correct sample on its own (per-attack numbers).
+        suite: a suite from :data:`robust_snn.attacks.SUITES` (default ``"standard"`` when
+            ``attacks`` is not given): a cascade in which each stage attacks only the
+            samples still robust after the earlier stages; ``surrogate`` then applies to
+            the stages that use the model's own gradient.
         eps: L∞ budgets on the [0, 1] scale (for L∞ attacks).
         eps_l2: L2 radii for L2 attacks (default 1.5).
         steps: iterations for iterative attacks (default: per attack).
@@ -100,6 +135,9 @@ def evaluate(
             ``None``: whenever a process group with more than one rank is initialized
             (``torchrun``, see :mod:`robust_snn.distributed`). Every rank must pass the same
             full ``x`` and ``y``.
+        convergence: Carlini et al.'s "more iterations do not help" check: rerun the last
+            gradient stage with twice the steps on the survivors among the first 200 samples
+            (largest L∞ budget) and fail the check if it breaks more than 1 % of them.
 
     With a detector (``model.detector``, e.g. :class:`~robust_snn.defenses.Defended`),
     every row also reports the detection rate of successful examples, the AUROC of
@@ -107,8 +145,9 @@ def evaluate(
     rejection (an input counts as defended if rejected or classified correctly).
 
     Returns:
-        dict with ``n``, ``clean_accuracy``, ``results`` (one dict per attack and
-        eps), ``worst_case`` (per norm and eps), ``checks`` and settings.
+        dict with ``n``, ``clean_accuracy`` (and ``clean_interval``), ``results`` (one dict
+        per attack or stage and eps, each with its 95 % Wilson interval), ``worst_case``
+        (per norm and eps, with interval), ``checks`` and settings.
     """
     if len(x) != len(y) or len(x) == 0:
         raise RobustSNNError("need a non-empty set of images and as many labels")
@@ -116,7 +155,14 @@ def evaluate(
         raise RobustSNNError(f"--restarts must be >= 1, got {restarts}")
     if batch_size < 1:
         raise RobustSNNError(f"--batch-size must be >= 1, got {batch_size}")
-    specs = [get_spec(a) for a in attacks]
+    if attacks is not None and suite is not None:
+        raise RobustSNNError("give either attacks or a suite, not both")
+    the_suite: Optional[Suite] = None
+    if attacks is None:
+        the_suite = get_suite(suite or DEFAULT_SUITE)
+        specs = [get_spec(st.attack) for st in the_suite.stages]
+    else:
+        specs = [get_spec(a) for a in dict.fromkeys(a.strip().lower() for a in attacks)]
     if not specs:
         raise RobustSNNError("no attack given")
     detector = getattr(model, "detector", None)
@@ -124,20 +170,27 @@ def evaluate(
         raise RobustSNNError("pgd-tcc attacks a detector: give one (--detector tcc)")
     if any(sp.needs_detector for sp in specs) and source_model is not None:
         raise RobustSNNError("pgd-tcc is an adaptive attack; it cannot run with --no-adaptive")
-    if detector is not None and source_model is None and adaptive_detector_attack and not any(sp.needs_detector for sp in specs):
-        specs.append(get_spec("pgd-tcc"))
-        log.info("detector present: adding the adaptive attack pgd-tcc")
-    eps = [float(e) for e in eps]
-    eps_l2 = [float(e) for e in (eps_l2 if eps_l2 is not None else DEFAULT_EPS_L2)]
+    add_tcc = detector is not None and source_model is None and adaptive_detector_attack and not any(sp.needs_detector for sp in specs)
+    eps = unique_budgets(eps)
+    eps_l2 = unique_budgets(eps_l2 if eps_l2 is not None else DEFAULT_EPS_L2)
     for e in eps:
         if not 0.0 <= e <= 1.0 or math.isnan(e):
             raise RobustSNNError(f"eps must be in [0, 1] (L∞ on the [0, 1] pixel scale), got {e}")
     for e in eps_l2:
-        if not e >= 0.0:
-            raise RobustSNNError(f"L2 eps must be >= 0, got {e}")
+        if not e >= 0.0 or math.isinf(e):
+            raise RobustSNNError(f"L2 eps must be a finite number >= 0, got {e}")
+    if not bool(torch.isfinite(x).all()):
+        raise RobustSNNError("images contain NaN or inf values")
     if float(x.min()) < 0.0 or float(x.max()) > 1.0:
         raise RobustSNNError("images must be in [0, 1]")
     grads = _surrogates(surrogate)
+    jobs = _jobs(specs, the_suite, eps=eps, eps_l2=eps_l2, grads=grads, surrogate=surrogate, steps=steps, queries=queries,
+                 seed=seed)
+    if add_tcc:
+        tcc = get_spec("pgd-tcc")
+        params = attack_params(tcc, steps=steps, seed=seed)
+        jobs += [_Job(tcc, e, tuple(grads), params, tcc.name, surrogate or "model", False) for e in eps]
+        log.info("detector present: adding the adaptive attack pgd-tcc")
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -180,7 +233,8 @@ def evaluate(
     check_list: List[Dict[str, Any]] = []
     if checks:
         xb, yb = x[:min(n, batch_size)].to(device), y[:min(n, batch_size)].to(device)
-        check_list += check_model(model, attacked, xb, yb, eot_samples=eot, was_training=was_training, gradients=grads)
+        job_grads = list(dict.fromkeys(g for j in jobs if not j.spec.gradient_free for g in j.grads)) or [None]
+        check_list += check_model(model, attacked, xb, yb, eot_samples=eot, was_training=was_training, gradients=job_grads)
 
     results: List[Dict[str, Any]] = []
     examples: Dict[str, torch.Tensor] = {}
@@ -191,42 +245,52 @@ def evaluate(
     examples_rejected: Dict[str, torch.Tensor] = {}
     eps_zero_acc: Optional[float] = None
     eps_zero_ref = clean_acc
-    jobs = [(spec, e) for spec in specs for e in (eps if spec.norm == "Linf" else eps_l2)]
+    convergence_record: Optional[Dict[str, Any]] = None
+    common = dict(model=crafter, attacked=attacked, judge=judge, n_classes=n_classes, eot=eot, device=device, reseed=reseed)
     outer = progress_bar(jobs, enabled=progress, desc="attacks")
     try:
-        for spec, e in outer:
-            outer.set_postfix(attack=spec.name, eps=f"{e:g}")
-            params = attack_params(spec, steps=steps, queries=queries, seed=seed)
+        for job in outer:
+            spec, e = job.spec, job.eps
+            key = (spec.norm, e)
+            outer.set_postfix(attack=job.label, eps=f"{e:g}")
+            active = robust_masks.get(key) if job.cascade else None
             t1 = time.perf_counter()
-            x_adv, adv_logits = _attack_all(
-                spec, params, e, crafter, attacked, judge, x, y, clean_logits, grads=grads, restarts=restarts,
-                chunks=chunks, reseed=reseed, n_classes=n_classes, eot=eot, device=device, progress=progress,
-            )
+            x_adv, adv_logits = _attack_all(spec, job.params, e, x, y, clean_logits, grads=job.grads, restarts=restarts,
+                                            chunks=chunks, progress=progress, active=active, **common)
             x_adv, adv_logits = chunks.gather(x_adv), chunks.gather(adv_logits)
             seconds = chunks.wall(time.perf_counter() - t1)
             correct = adv_logits.argmax(1) == y
+            cumulative = correct if key not in robust_masks else (robust_masks[key] & correct)
             delta = (x_adv - x).flatten(1)
             linf = delta.abs().max(1).values
             l2 = delta.norm(dim=1)
             bound = linf if spec.norm == "Linf" else l2
-            attacked_any = bool(clean_correct.any())
+            # perturbation statistics over the samples this job attacked (a cascade stage: its survivors only)
+            stat_mask = clean_correct if active is None else (clean_correct & active)
+            attacked_any = bool(stat_mask.any())
+            shown = cumulative if job.cascade else correct  # a cascade stage reports the accuracy after it
             row = {
-                "attack": spec.name,
+                "attack": job.label,
+                "attack_kind": spec.name,
                 "norm": spec.norm,
                 "eps": e,
-                "surrogate": surrogate or "model",
-                "params": {k: v for k, v in params.items()},
+                "surrogate": job.surrogate,
+                "params": dict(job.params),
                 "restarts": restarts,
                 "eot_samples": eot,
-                "n": n,
                 "clean_accuracy": clean_acc,
-                "robust_accuracy": correct.float().mean().item(),
+                "robust_accuracy": shown.float().mean().item(),
+                **with_interval(int(shown.sum()), n),
+                "cascade": job.cascade,
+                "attacked": int(stat_mask.sum()),
+                "broken": int((clean_correct & ~correct).sum()) if not job.cascade else
+                          int(((robust_masks[key] if key in robust_masks else clean_correct) & ~correct).sum()),
                 "success_rate": ((clean_correct & ~correct).sum().item() / max(1, clean_correct.sum().item())),
-                "linf_mean": linf[clean_correct].mean().item() if attacked_any else 0.0,
+                "linf_mean": linf[stat_mask].mean().item() if attacked_any else 0.0,
                 "linf_max": linf.max().item(),
-                "l2_mean": l2[clean_correct].mean().item() if attacked_any else 0.0,
+                "l2_mean": l2[stat_mask].mean().item() if attacked_any else 0.0,
                 "l2_max": l2.max().item(),
-                "spike_count_change": (adv_logits - clean_logits).abs().sum(1)[clean_correct].mean().item() if attacked_any else 0.0,
+                "spike_count_change": (adv_logits - clean_logits).abs().sum(1)[stat_mask].mean().item() if attacked_any else 0.0,
                 "seconds": seconds,
                 "img_per_s": n / seconds if seconds > 0 else float("nan"),
                 "within_bound": bool((bound <= e + TOL_BOUND).all().item()),
@@ -237,6 +301,7 @@ def evaluate(
                 "adaptive": source_model is None,
             }
             defended_mask = correct
+            name = f"{job.label}@{e:g}"
             if detector is not None:
                 adv_scores = _detector_scores(model, x_adv, chunks, reseed)
                 rejected = adv_scores > float(detector.threshold)
@@ -249,36 +314,37 @@ def evaluate(
                     "clean_rejection_rate": clean_rejected.float().mean().item(),
                 })
                 if keep_examples:
-                    examples_scores[f"{spec.name}@{e:g}"] = (clean_scores[clean_correct], adv_scores[success])
-                    examples_rejected[f"{spec.name}@{e:g}"] = rejected
+                    examples_scores[name] = (clean_scores[clean_correct], adv_scores[success])
+                    examples_rejected[name] = rejected
             results.append(row)
-            key = (spec.norm, e)
-            robust_masks[key] = correct if key not in robust_masks else (robust_masks[key] & correct)
+            robust_masks[key] = cumulative
             if detector is not None:
                 rejection_masks[key] = defended_mask if key not in rejection_masks else (rejection_masks[key] & defended_mask)
-            if e == 0.0 and spec.norm == "Linf" and eps_zero_acc is None:
+            if e == 0.0 and spec.norm == "Linf" and eps_zero_acc is None and active is None:
                 eps_zero_acc = row["robust_accuracy"]
             if keep_examples:
-                examples[f"{spec.name}@{e:g}"] = x_adv
-                example_predictions[f"{spec.name}@{e:g}"] = adv_logits.argmax(1)
-        if checks and eps_zero_acc is None:
-            # eps = 0 was not in the grid: attack a subset at eps = 0 with the first budgeted attack.
-            zspec = next((s for s in specs if not s.minimum_norm), None)
-            if zspec is not None:
-                m = min(n, batch_size)
-                _, z_logits = _attack_all(  # the first chunk, on every rank (no sharding): one batch
-                    zspec, attack_params(zspec, steps=steps, queries=queries, seed=seed), 0.0, crafter, attacked, judge,
-                    x[:m], y[:m], clean_logits[:m], grads=grads[:1], restarts=1, chunks=Chunks(m, batch_size),
-                    reseed=reseed, n_classes=n_classes, eot=eot, device=device, progress=False,
-                )
-                eps_zero_acc = (z_logits.argmax(1) == y[:m]).float().mean().item()
-                eps_zero_ref = clean_correct[:m].float().mean().item()
+                examples[name] = x_adv
+                example_predictions[name] = adv_logits.argmax(1)
+        budgeted = [j for j in jobs if not j.spec.minimum_norm and j.spec.norm == "Linf"]
+        if checks and eps_zero_acc is None and budgeted:
+            # eps = 0 was not in the grid: attack up to 100 samples at eps = 0 with the first budgeted attack,
+            # at most 10 steps (every rank, no sharding)
+            j0 = budgeted[0]
+            m = min(n, batch_size, 100)
+            p0 = {**j0.params, "steps": min(10, int(j0.params["steps"]))} if "steps" in j0.params else j0.params
+            _, z_logits = _attack_all(j0.spec, p0, 0.0, x[:m], y[:m], clean_logits[:m], grads=j0.grads[:1], restarts=1,
+                                      chunks=Chunks(m, batch_size), progress=False, active=None, **common)
+            eps_zero_acc = (z_logits.argmax(1) == y[:m]).float().mean().item()
+            eps_zero_ref = clean_correct[:m].float().mean().item()
+        if convergence:
+            convergence_record = _convergence(jobs, robust_masks, x, y, clean_logits, restarts=restarts, batch_size=batch_size,
+                                              **common)
     finally:
         model.train(was_training)
 
     worst_case = [
-        {"norm": norm, "eps": e, "robust_accuracy": mask.float().mean().item(), "n": n,
-         "attacks": [r["attack"] for r in results if r["norm"] == norm and r["eps"] == e]}
+        {"norm": norm, "eps": e, "robust_accuracy": mask.float().mean().item(), **with_interval(int(mask.sum()), n),
+         "attacks": list(dict.fromkeys(r["attack"] for r in results if r["norm"] == norm and r["eps"] == e))}
         for (norm, e), mask in sorted(robust_masks.items(), key=lambda kv: (kv[0][0] != "Linf", kv[0][0], kv[0][1]))
     ]
     for w in worst_case:
@@ -286,19 +352,27 @@ def evaluate(
             w["robust_accuracy_with_rejection"] = rejection_masks[(w["norm"], w["eps"])].float().mean().item()
     if checks:
         check_list += check_results(results, clean_accuracy=eps_zero_ref, n=n, eps_zero_accuracy=eps_zero_acc, stochastic=stochastic)
+    if convergence_record is not None:
+        check_list.append(check_convergence(**convergence_record))
     out: Dict[str, Any] = {
         "n": n,
         "clean_accuracy": clean_acc,
+        "clean_interval": with_interval(int(clean_correct.sum()), n),
         "clean_seconds": clean_seconds,
         "stochastic": stochastic,
         "eot_samples": eot,
         "eval_samples": n_eval,
         "surrogate": surrogate or "model",
+        "suite": the_suite.name if the_suite is not None else None,
+        "robustness_claim": the_suite.claim if the_suite is not None else None,
+        "stages": [j.label for j in jobs if the_suite is not None and j.eps == jobs[0].eps] if the_suite is not None else None,
         "results": results,
         "worst_case": worst_case,
         "checks": check_list,
         "clean_predictions": clean_logits.argmax(1),
         "clean_logits": clean_logits,
+        "worst_case_masks": {f"{norm}@{e:g}": mask for (norm, e), mask in robust_masks.items()},
+        "worst_case_defended_masks": {f"{norm}@{e:g}": mask for (norm, e), mask in rejection_masks.items()},
         "adaptive": source_model is None,
     }
     if detector is not None:
@@ -312,6 +386,55 @@ def evaluate(
         out["examples"] = examples
         out["example_predictions"] = example_predictions
     return out
+
+
+def _jobs(specs: List[AttackSpec], suite: Optional[Suite], *, eps: List[float], eps_l2: List[float], grads: List[Optional[str]],
+          surrogate: Optional[str], steps: Optional[int], queries: Optional[int], seed: int) -> List[_Job]:
+    """The attack jobs in run order: per attack (or suite stage), per budget.
+
+    Gradient-free attacks run once, whatever the gradient choices.
+    """
+    jobs: List[_Job] = []
+    if suite is None:
+        for sp in specs:
+            g = (None,) if sp.gradient_free else tuple(grads)
+            label = "model" if sp.gradient_free else (surrogate or "model")
+            params = attack_params(sp, steps=steps, queries=queries, seed=seed)
+            jobs += [_Job(sp, e, g, params, sp.name, label, False) for e in (eps if sp.norm == "Linf" else eps_l2)]
+        return jobs
+    for st, sp in zip(suite.stages, specs):
+        params = attack_params(sp, steps=st.steps if steps is None else steps, queries=st.queries if queries is None else queries,
+                               seed=seed)
+        if st.targets is not None:
+            params["targets"] = st.targets
+        if sp.gradient_free:
+            g, label = (None,), "model"
+        elif st.gradient is not None:
+            g, label = (canonical(st.gradient),), st.gradient
+        else:  # the stage uses the model's own gradient, or the user's --surrogate
+            g, label = tuple(grads), surrogate or "model"
+        first = not jobs
+        jobs += [_Job(sp, e, g, params, st.label if st.gradient is not None or surrogate is None else f"{st.attack}[{label}]",
+                      label, suite.cascade) for e in (eps if sp.norm == "Linf" else eps_l2)
+                 if first or e > 0 or not suite.cascade]  # a zero budget breaks nothing: at eps 0 only the first stage runs
+    return jobs
+
+
+def _convergence(jobs: List[_Job], robust_masks: Dict[tuple, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                 clean_logits: torch.Tensor, *, restarts: int, batch_size: int, **common: Any) -> Optional[Dict[str, Any]]:
+    """Rerun the last gradient job (largest L∞ budget) with twice the steps on the survivors among the first 200 samples."""
+    cands = [j for j in jobs if not j.spec.gradient_free and "steps" in j.params and j.spec.norm == "Linf" and j.eps > 0]
+    if not cands:
+        return None
+    e_max = max(j.eps for j in cands)
+    job = [j for j in cands if j.eps == e_max][-1]
+    m = min(len(x), 200)
+    survivors = robust_masks[(job.spec.norm, e_max)][:m].clone()
+    params = {**job.params, "steps": 2 * int(job.params["steps"])}
+    _, lg = _attack_all(job.spec, params, e_max, x[:m], y[:m], clean_logits[:m], grads=job.grads, restarts=restarts,
+                        chunks=Chunks(m, batch_size), progress=False, active=survivors, **common)
+    broken = int((survivors & (lg.argmax(1) != y[:m])).sum())
+    return {"attack": job.label, "eps": e_max, "steps": params["steps"], "n": m, "survivors": int(survivors.sum()), "broken": broken}
 
 
 #: chunk ``c`` of an evaluation reseeds its RNGs with ``seed + CHUNK_SEED_STRIDE * c``
@@ -375,9 +498,11 @@ def _auroc(neg: torch.Tensor, pos: torch.Tensor) -> float:
     return float(u / (len(pos) * len(neg)))
 
 
-def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, model, attacked, judge, x, y, clean_logits, *,
-                grads, restarts, chunks: Chunks, reseed, n_classes, eot, device, progress) -> tuple:
+def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, x, y, clean_logits, *, model, attacked, judge,
+                grads, restarts, chunks: Chunks, reseed, n_classes, eot, device, progress, active=None) -> tuple:
     """Adversarial examples for this rank's chunks of x (clean-misclassified inputs are left as they are).
+
+    ``active``: attack only these samples (a cascade's survivors); the others keep ``x``.
 
     Each chunk runs every surrogate and restart on its own still-robust samples, after
     reseeding for that chunk. Rows of other ranks' chunks keep ``x`` and the clean logits.
@@ -386,9 +511,11 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, model, attac
     adv_logits = clean_logits.clone()
     best_margin = margins(clean_logits, y)
     ok = best_margin.isfinite() & (clean_logits.argmax(1) == y)
+    if active is not None:
+        ok &= active
     if not bool((ok & chunks.owned).any()) or (e == 0.0 and spec.minimum_norm):  # no budget: a minimum-norm attack cannot succeed
         return x_adv, adv_logits
-    target = model if spec.uses_own_eot else attacked
+    target = GradGuard(model if spec.uses_own_eot else attacked).eval()
     atk = build_attack(spec, target, e, params, n_classes=n_classes, eot_samples=eot)
     for c, (a, b) in progress_bar(chunks.mine(), enabled=progress, desc=f"{spec.name} eps={e:g}"):
         todo = a + torch.nonzero(ok[a:b]).squeeze(1)
@@ -404,6 +531,10 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, model, attac
                     xb, yb = x[idx].to(device), y[idx].to(device)
                     adv = atk(xb, yb).detach()
                     model.eval()  # torchattacks restores the wrapper's mode; judge in eval mode
+                    if target.nonfinite or not bool(torch.isfinite(adv).all()):
+                        raise RobustSNNError(
+                            f"{spec.name} met non-finite input gradients through the gradient {g or 'of the model'} (NaN or "
+                            "inf): its examples are meaningless; choose another --surrogate (or check the model's weights)")
                     if spec.minimum_norm:  # outside the budget: the attack failed
                         too_far = (adv - xb).flatten(1).norm(dim=1) > e
                         adv[too_far] = xb[too_far]

@@ -87,7 +87,9 @@ def _apgd(loss: str) -> Callable[..., torchattacks.attack.Attack]:
 
 
 def _apgdt(model, eps, p, n_classes, eot):
-    return torchattacks.APGDT(model, norm="Linf", eps=eps, steps=int(p["steps"]), n_restarts=1, seed=int(p["seed"]), n_classes=n_classes)
+    atk = torchattacks.APGDT(model, norm="Linf", eps=eps, steps=int(p["steps"]), n_restarts=1, seed=int(p["seed"]), n_classes=n_classes)
+    atk.n_target_classes = max(1, min(int(p["targets"]), n_classes - 1))  # the top-k classes by logit, as in AutoAttack
+    return atk
 
 
 def _square(model, eps, p, n_classes, eot):
@@ -127,7 +129,7 @@ ATTACKS: Dict[str, AttackSpec] = {
                    paper="https://arxiv.org/abs/2003.01690"),
         AttackSpec("apgd-dlr", "Linf", "Auto-PGD, DLR loss (scale invariant)", {"steps": 100, "seed": 0}, _apgd("dlr"),
                    paper="https://arxiv.org/abs/2003.01690"),
-        AttackSpec("apgdt", "Linf", "targeted Auto-PGD (DLR), all target classes", {"steps": 100, "seed": 0}, _apgdt,
+        AttackSpec("apgdt", "Linf", "targeted Auto-PGD (DLR) towards the top-k other classes", {"steps": 100, "seed": 0, "targets": 9}, _apgdt,
                    paper="https://arxiv.org/abs/2003.01690"),
         AttackSpec("square", "Linf", "Square attack, gradient-free (masking check)", {"queries": 5000, "p_init": 0.8, "seed": 0},
                    _square, gradient_free=True, paper="https://arxiv.org/abs/1912.00049"),

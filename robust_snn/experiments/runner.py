@@ -48,6 +48,9 @@ def cells(spec: ExperimentSpec) -> List[Dict[str, Any]]:
     """All cells in run order; each has a unique ``key``."""
     from ..attacks.registry import ATTACKS
 
+    def needs_detector(kind: str) -> bool:
+        return kind in ATTACKS and ATTACKS[kind].needs_detector
+
     out = []
     for m in spec.models:
         for d in spec.defenses:
@@ -55,7 +58,7 @@ def cells(spec: ExperimentSpec) -> List[Dict[str, Any]]:
                 for seed in spec.seeds:
                     for s in spec.surrogates:
                         for a in spec.attacks:
-                            if ATTACKS[a.attack].needs_detector and (d.detector is None or not d.adaptive):
+                            if needs_detector(a.attack) and (d.detector is None or not d.adaptive):
                                 continue  # an attack on the detector needs an adaptive detector defense
                             for e in (a.eps if a.eps is not None else spec.eps):
                                 key = "|".join([m.name, d.name, a.name, _attack_params_label(a), s or "model", f"{e:g}",
@@ -208,29 +211,43 @@ def run_cell(ctx: _Context, cell: Dict[str, Any], *, progress: bool = False) -> 
 
     m, d, a = cell["model"], cell["defense"], cell["attack"]
     model, target, x, y = ctx.target(m, d, cell["num_steps"])
+    from ..attacks.suite import SUITES
+
+    is_suite = a.attack in SUITES
     t0 = time.perf_counter()
-    res = evaluate(target, x, y, attacks=[a.attack], eps=[cell["eps"]], steps=a.steps, queries=a.queries, restarts=a.restarts,
-                   surrogate=cell["surrogate"], eot_samples=ctx.spec.eot_samples, samples=ctx.spec.samples,
-                   batch_size=ctx.spec.batch_size, seed=cell["seed"], checks=False, progress=progress, keep_examples=True,
-                   source_model=None if d.adaptive else model, adaptive_detector_attack=False)
-    r = res["results"][0]
-    key = f"{a.attack}@{cell['eps']:g}"
-    correct = res["example_predictions"][key] == y
+    res = evaluate(target, x, y, attacks=None if is_suite else [a.attack], suite=a.attack if is_suite else None, eps=[cell["eps"]],
+                   steps=a.steps, queries=a.queries, restarts=a.restarts, surrogate=cell["surrogate"],
+                   eot_samples=ctx.spec.eot_samples, samples=ctx.spec.samples, batch_size=ctx.spec.batch_size, seed=cell["seed"],
+                   checks=False, progress=progress, keep_examples=True, source_model=None if d.adaptive else model,
+                   adaptive_detector_attack=False)
+    w = res["worst_case"][0]
+    correct = res["worst_case_masks"][f"Linf@{cell['eps']:g}"]
     n = len(y)
     k = int(correct.sum())
     lo, hi = wilson_interval(k, n)
+    rs = res["results"]
     row = {
         "model": m.name, "defense": d.name, "detector": d.detector or "", "adaptive": d.adaptive, "attack": a.name,
         "attack_kind": a.attack, "surrogate": cell["surrogate"] or "model", "eps": cell["eps"],
         "num_steps": int(model.num_steps), "seed": cell["seed"], "n": n, "clean_accuracy": res["clean_accuracy"],
-        "robust_accuracy": k / n, "ci_low": lo, "ci_high": hi, "success_rate": r["success_rate"],
-        "detection_rate": r.get("detection_rate"), "robust_accuracy_with_rejection": r.get("robust_accuracy_with_rejection"),
-        "clean_rejection_rate": r.get("clean_rejection_rate"), "within_bound": bool(r["within_bound"] and r["in_range"]),
+        "robust_accuracy": k / n, "ci_low": lo, "ci_high": hi,
+        "success_rate": ((res["clean_predictions"] == y) & ~correct).sum().item() / max(1, int((res["clean_predictions"] == y).sum())),
+        "detection_rate": rs[-1].get("detection_rate") if not is_suite else None,
+        "robust_accuracy_with_rejection": w.get("robust_accuracy_with_rejection"),
+        "clean_rejection_rate": rs[-1].get("clean_rejection_rate"), "within_bound": all(r["within_bound"] and r["in_range"] for r in rs),
+        "stochastic": bool(res["stochastic"]),
+        # the rows the sanity checks read (robust_snn.attacks.checks.check_results), one per attack or suite stage
+        "check_rows": [{k2: r[k2] for k2 in _CHECK_KEYS if k2 in r} for r in rs],
         "seconds": time.perf_counter() - t0, "key": cell["key"], "robust_mask": _pack(correct),
     }
     if d.detector is not None:
-        row["defended_mask"] = _pack(correct | res["example_rejected"][key])
+        row["defended_mask"] = _pack(res["worst_case_defended_masks"][f"Linf@{cell['eps']:g}"])
     return row
+
+
+#: the keys of an evaluate row that the sanity checks read
+_CHECK_KEYS = ("attack", "attack_kind", "surrogate", "norm", "eps", "robust_accuracy", "iterative", "gradient_free", "minimum_norm",
+               "within_bound", "in_range", "cascade", "broken", "n")
 
 
 def run_sweep(spec: ExperimentSpec, out_dir: str | Path, *, resume: bool = True, data_dir: Optional[str] = None,

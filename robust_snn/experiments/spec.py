@@ -107,6 +107,7 @@ def _resolve_checkpoint(value: str, base: Optional[Path]) -> Optional[Path]:
 def parse_spec(data: Dict[str, Any], *, path: Optional[Path] = None) -> ExperimentSpec:
     """Validate a parsed TOML document; every problem is reported, one per line."""
     from ..attacks.registry import ATTACKS
+    from ..attacks.suite import SUITES
     from ..defenses.registry import make_preprocessor, parse_detector_spec
     from ..surrogates import parse_spec as parse_surrogate
 
@@ -216,14 +217,22 @@ def parse_spec(data: Dict[str, Any], *, path: Optional[Path] = None) -> Experime
         defenses.append(DefenseEntry(df.get("name") or "+".join(pres + ([det] if det else [])) or "none", list(pres), det, bool(adaptive)))
 
     attacks: List[AttackEntry] = []
-    for i, a in enumerate(data.get("attacks", [])):
+    # no [[attacks]]: the standard suite, as for `robust-snn attack`
+    for i, a in enumerate(data.get("attacks", [{"name": "standard", "attack": "standard"}])):
         if not isinstance(a, dict):
             problems.append(f"attacks[{i}] must be a table")
             continue
         _unknown(f"attacks[{i}]", a, ATTACK_KEYS, problems)
         kind = a.get("attack", a.get("name"))
+        if kind in SUITES:  # a whole suite as one cell: its per-sample worst case
+            if a.get("restarts") not in (None, 1):
+                problems.append(f"attacks[{i}] ({kind}): a suite takes no restarts")
+            own = [float(e) for e in number_list(f"attacks[{i}].eps", a["eps"], lo=0.0, hi=1.0)] if "eps" in a else None
+            attacks.append(AttackEntry(a.get("name") or kind, kind, a.get("steps"), a.get("queries"), 1, own))
+            continue
         if kind not in ATTACKS:
-            problems.append(f"attacks[{i}]: unknown attack {kind!r}; choose from: {', '.join(ATTACKS)}")
+            problems.append(f"attacks[{i}]: unknown attack {kind!r}; choose an attack ({', '.join(ATTACKS)}) "
+                            f"or a suite ({', '.join(SUITES)})")
             continue
         if ATTACKS[kind].norm != "Linf":
             problems.append(f"attacks[{i}]: sweeps use the L-inf eps grid; {kind} is an {ATTACKS[kind].norm} attack")
@@ -238,8 +247,10 @@ def parse_spec(data: Dict[str, Any], *, path: Optional[Path] = None) -> Experime
         attacks.append(AttackEntry(a.get("name") or kind, kind, a.get("steps"), a.get("queries"), int(a.get("restarts", 1) or 1), own_eps))
     if not attacks and "attacks" in data:
         problems.append("attacks is empty")
-    if "attacks" not in data:
-        problems.append("no [[attacks]] given")
+    if not models and not any(p.startswith("models") for p in problems):
+        problems.append("models is empty: name at least one [[models]] entry (checkpoint = \"default\" for the shipped one)")
+    if not defenses and not any(p.startswith("defenses") for p in problems):
+        problems.append("defenses is empty: leave [[defenses]] out for no defense")
     for kind, label in (("models", models), ("defenses", defenses), ("attacks", attacks)):
         names = [e.name for e in label]
         dup = sorted({n for n in names if names.count(n) > 1})

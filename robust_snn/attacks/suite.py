@@ -1,0 +1,107 @@
+"""Attack suites: named cascades of (attack, gradient) stages.
+
+A suite is run like AutoAttack (https://arxiv.org/abs/2003.01690): every stage attacks
+only the samples that are still robust after all earlier stages, so the cost of a suite
+falls as the model's robustness falls, and the final robust set is the per-sample worst
+case over every stage. The stages of ``standard`` were chosen by measurement on the
+shipped checkpoints (``benchmarks/suite_selection.py``; the README's "Standard suite"
+section has the numbers): the cheapest cascade whose worst case stays within 0.5 points
+of the union of every attack and every gradient choice robust-snn offers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+from ..errors import RobustSNNError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a suite.
+
+    Attributes:
+        attack: registry name (see :data:`robust_snn.attacks.ATTACKS`).
+        gradient: surrogate spec or ``"rate"`` for the backward pass (``None``: the model's own).
+        steps: iterations (``None``: the attack's default).
+        queries: queries of a gradient-free attack (``None``: the attack's default).
+        targets: target classes of a targeted attack (``None``: the attack's default).
+    """
+
+    attack: str
+    gradient: Optional[str] = None
+    steps: Optional[int] = None
+    queries: Optional[int] = None
+    targets: Optional[int] = None
+
+    @property
+    def label(self) -> str:
+        """Short name used as the row label, e.g. ``apgd[fast_sigmoid:slope=5]``."""
+        return self.attack if self.gradient is None else f"{self.attack}[{self.gradient}]"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named list of stages.
+
+    Attributes:
+        name: CLI name.
+        stages: run in order.
+        cascade: each stage attacks only samples still robust after the earlier ones
+            (``False``: every stage attacks every clean-correct sample, as ``--attack`` does).
+        claim: the printed robust accuracy is a robustness estimate (``False``: smoke test).
+        description: one line for ``robust-snn info``.
+    """
+
+    name: str
+    stages: Tuple[Stage, ...]
+    cascade: bool
+    claim: bool
+    description: str
+
+
+#: The wide fast-sigmoid surrogate: the single gradient that finds most adversarial examples
+#: on the shipped CSNNs (integer spike-count logits make narrow surrogates vanish).
+WIDE = "fast_sigmoid:slope=5"
+
+SUITES: Dict[str, Suite] = {
+    s.name: s
+    for s in [
+        Suite(
+            "standard",
+            (
+                Stage("apgd", WIDE),
+                Stage("apgd"),  # the model's own (training) surrogate, or --surrogate
+                Stage("apgd", "fast_sigmoid:slope=10"),
+                Stage("apgd", "assg"),
+                Stage("apgd-dlr"),
+                Stage("apgdt", WIDE, targets=3),
+                Stage("square", None, queries=1000),
+            ),
+            cascade=True,
+            claim=True,
+            description="cascade of APGD-CE through four gradients (wide fast sigmoid, the model's own surrogate, fast "
+                        "sigmoid slope 10, the adaptive-sharpness ASSG), APGD-DLR, targeted APGD-DLR (top 3 classes), then "
+                        "gradient-free Square (1,000 queries) on the survivors as the masking check",
+        ),
+        Suite(
+            "quick",
+            (Stage("fgsm"), Stage("pgd")),
+            cascade=False,
+            claim=False,
+            description="FGSM and PGD-20 through the model's own surrogate: a smoke test, not a robustness claim",
+        ),
+    ]
+}
+
+DEFAULT_SUITE = "standard"
+QUICK_WARNING = ("quick suite (FGSM + PGD-20 through the model's surrogate): a smoke test, NOT a robustness claim; "
+                 "it overstates robustness by tens of points on the shipped models (use the default --suite standard)")
+
+
+def get_suite(name: str) -> Suite:
+    """Suite by CLI name."""
+    key = str(name).strip().lower()
+    if key not in SUITES:
+        raise RobustSNNError(f"unknown suite {name!r}; choose from: {', '.join(SUITES)}")
+    return SUITES[key]
