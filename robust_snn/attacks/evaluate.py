@@ -186,6 +186,7 @@ def evaluate(
     grads = _surrogates(surrogate)
     jobs = _jobs(specs, the_suite, eps=eps, eps_l2=eps_l2, grads=grads, surrogate=surrogate, steps=steps, queries=queries,
                  seed=seed)
+    stages = list(dict.fromkeys(j.label for j in jobs)) if the_suite is not None else None  # before pgd-tcc is added
     if add_tcc:
         tcc = get_spec("pgd-tcc")
         params = attack_params(tcc, steps=steps, seed=seed)
@@ -261,6 +262,8 @@ def evaluate(
             seconds = chunks.wall(time.perf_counter() - t1)
             correct = adv_logits.argmax(1) == y
             cumulative = correct if key not in robust_masks else (robust_masks[key] & correct)
+            # what this job broke: of the clean-correct samples (an attack of its own), of the survivors (a cascade stage)
+            robust_before = robust_masks.get(key, clean_correct) if job.cascade else clean_correct
             delta = (x_adv - x).flatten(1)
             linf = delta.abs().max(1).values
             l2 = delta.norm(dim=1)
@@ -283,8 +286,7 @@ def evaluate(
                 **with_interval(int(shown.sum()), n),
                 "cascade": job.cascade,
                 "attacked": int(stat_mask.sum()),
-                "broken": int((clean_correct & ~correct).sum()) if not job.cascade else
-                          int(((robust_masks[key] if key in robust_masks else clean_correct) & ~correct).sum()),
+                "broken": int((robust_before & ~correct).sum()),
                 "success_rate": ((clean_correct & ~correct).sum().item() / max(1, clean_correct.sum().item())),
                 "linf_mean": linf[stat_mask].mean().item() if attacked_any else 0.0,
                 "linf_max": linf.max().item(),
@@ -365,7 +367,7 @@ def evaluate(
         "surrogate": surrogate or "model",
         "suite": the_suite.name if the_suite is not None else None,
         "robustness_claim": the_suite.claim if the_suite is not None else None,
-        "stages": [j.label for j in jobs if the_suite is not None and j.eps == jobs[0].eps] if the_suite is not None else None,
+        "stages": stages,
         "results": results,
         "worst_case": worst_case,
         "checks": check_list,
