@@ -7,7 +7,6 @@ without a browser; :func:`build_app` wires them into a Gradio page.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -323,6 +322,33 @@ def build_app(app: AppModel):
         timestep.release(on_slider, [state_x, timestep], stages)
         attack_btn.click(run_attack, [state_x, state_label, attack, eps, surrogate, blur, det], [adv_images, adv_text, adv_spikes, adv_raster])
     return demo
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail in one line, before the model loads, if the app cannot listen on ``host:port``."""
+    import errno
+    import socket
+
+    if not 0 < port < 65536:
+        raise RobustSNNError(f"--port must be in 1..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise RobustSNNError(f"--host {host!r} is not a valid address or host name ({getattr(e, 'strerror', None) or e}); "
+                             f"use 127.0.0.1 (this machine only) or 0.0.0.0 (all interfaces)") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # what the server itself sets
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise RobustSNNError(f"--port {port} is already in use on {host}; choose another --port") from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise RobustSNNError(f"--host {host} is not an address of this machine; use 127.0.0.1 or 0.0.0.0") from None
+            if e.errno == errno.EACCES:
+                raise RobustSNNError(f"--port {port} needs administrator rights on this machine; choose a port above 1023") from None
+            raise RobustSNNError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --host or --port") from None
 
 
 def launch(checkpoint: Optional[str] = None, *, host: str = "127.0.0.1", port: int = 7860, data_dir: Optional[str] = None,

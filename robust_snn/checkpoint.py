@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .errors import RobustSNNError
-from .models import SpikingClassifier, full_config
+from .models import SpikingClassifier, check_num_steps, full_config
 from .utils import atomic_path, resolve_device, versions
 
 log = logging.getLogger(__name__)
@@ -57,23 +57,38 @@ def save_checkpoint(
     return Path(path)
 
 
-def read_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
-    """Read and validate a checkpoint file without building the model."""
+def load_file(path: str | os.PathLike, *, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors for unsafe, corrupt or truncated files.
+
+    Opening a file never executes code: a file that holds Python objects other than
+    tensors and plain types is refused.
+    """
     p = Path(path)
     if not p.is_file():
-        raise RobustSNNError(f"checkpoint not found: {p}")
+        raise RobustSNNError(f"{what} not found: {p}")
     try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "GLOBAL" in msg or "Unsupported global" in msg or "unsupported global" in msg.lower():
             raise RobustSNNError(
-                f"{p} is not a safe robust-snn checkpoint: it contains Python objects that would run code when loaded; refusing to load it"
+                f"{p} is not a safe robust-snn {what}: it contains Python objects that would run code when loaded; refusing to load it"
             ) from None
-        raise RobustSNNError(f"{p} is corrupt or not a checkpoint (unpickling failed)") from None
+        raise RobustSNNError(f"{p} is corrupt or not a {what} (unpickling failed)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RobustSNNError(f"{p} is corrupt or not a checkpoint ({first})") from None
+        text = str(e)
+        if "central directory" in text or "zip archive" in text or isinstance(e, (EOFError, zipfile.BadZipFile)):
+            reason = "truncated or not a torch file"
+        else:
+            first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+            reason = first if len(first) <= 120 else first[:117] + "..."
+        raise RobustSNNError(f"{p} is corrupt or not a {what} ({reason}); re-download or re-create it") from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+    """Read and validate a checkpoint file without building the model."""
+    p = Path(path)
+    payload = load_file(p)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise RobustSNNError(f"{p} is not a robust-snn checkpoint (no '{FORMAT}' header)")
     if int(payload.get("format_version", -1)) > FORMAT_VERSION:
@@ -92,6 +107,11 @@ def model_from_payload(payload: Dict[str, Any], *, source: str = "checkpoint") -
         model = SpikingClassifier(full_config(**payload["config"]))
     except RobustSNNError as e:
         raise RobustSNNError(f"{source}: invalid model config: {e}") from None
+    bad = [k for k, v in payload["state_dict"].items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise RobustSNNError(f"{source}: weights contain NaN or inf ({', '.join(bad[:3])}); the training diverged or the file "
+                             f"was damaged: retrain (e.g. with a lower --lr) or use another checkpoint")
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:
@@ -118,9 +138,7 @@ def load_model(
     payload = read_checkpoint(path)
     model = model_from_payload(payload, source=str(path))
     if num_steps is not None:
-        if int(num_steps) < 1:
-            raise RobustSNNError(f"num_steps must be >= 1, got {num_steps}")
-        model.num_steps = int(num_steps)
+        model.num_steps = check_num_steps(num_steps)
     model.checkpoint_path = str(path)  # type: ignore[attr-defined]
     model.checkpoint_metrics = dict(payload.get("metrics", {}))  # type: ignore[attr-defined]
     model.checkpoint_recipe = dict(payload.get("recipe", {}))  # type: ignore[attr-defined]

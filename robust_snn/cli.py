@@ -71,6 +71,7 @@ data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False), default=None, help="torchvision-layout data root (default: $ROBUST_SNN_DATA or ~/.cache/robust-snn)."
 )
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+force_option = click.option("--force", is_flag=True, help="Overwrite output files that already exist (refused otherwise).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,6 +133,7 @@ def main(ctx: click.Context, verbose: int) -> None:
 @click.option("--lr-scaling", default="none", show_default=True,
               help="Under torchrun: scale --lr with the number of processes: none, linear or sqrt.")
 @click.option("--resume/--no-resume", default=False, show_default=True, help="Continue an interrupted run.")
+@force_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @data_dir_option
 @device_option
@@ -141,7 +143,7 @@ def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, o
           reset_mechanism: str, surrogate: str, dropout: Optional[float], channels: Optional[str], hidden: Optional[str],
           readout: str, seed: int, val_split: float, limit: Optional[int], test_limit: Optional[int], augment_shift: int, adv: str,
           adv_eps: float, adv_steps: int, adv_alpha: Optional[float], adv_warmup: int, trades_beta: float, noise_sigma: float,
-          lr_scaling: str, resume: bool, quiet: bool, data_dir: Optional[str], device: str) -> None:
+          lr_scaling: str, resume: bool, force: bool, quiet: bool, data_dir: Optional[str], device: str) -> None:
     """Train a spiking classifier and write a checkpoint with logs and curves.
 
     Runs data-parallel under torchrun: torchrun --nproc_per_node=N -m robust_snn train ...
@@ -160,7 +162,7 @@ def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, o
         augment_shift=augment_shift, adv=adv, adv_eps=adv_eps, adv_steps=adv_steps, adv_alpha=adv_alpha,
         adv_warmup=adv_warmup, trades_beta=trades_beta, noise_sigma=noise_sigma, lr_scaling=lr_scaling,
     )
-    _, metrics = train_fn(model_config, settings, out=out, data_dir=data_dir, device=device, resume=resume,
+    _, metrics = train_fn(model_config, settings, out=out, data_dir=data_dir, device=device, resume=resume, force=force,
                           command=_command_line(), progress=not quiet)  # joins the process group under torchrun
     is_main = distributed.info().is_main
     distributed.shutdown()
@@ -181,12 +183,14 @@ def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, o
 @click.option("--samples", type=int, default=None, help="Forward samples for stochastic encoders (default 8).")
 @click.option("--batch-size", type=int, default=500, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Write confusion matrix PNG and metrics JSON here.")
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @data_dir_option
 @device_option
 @_user_errors
 def eval_cmd(checkpoint: Optional[str], dataset: Optional[str], split: str, limit: Optional[int], num_steps: Optional[int],
-             samples: Optional[int], batch_size: int, out: Optional[str], as_json: bool, data_dir: Optional[str], device: str) -> None:
+             samples: Optional[int], batch_size: int, out: Optional[str], force: bool, as_json: bool, data_dir: Optional[str],
+             device: str) -> None:
     """Clean accuracy, per-class accuracy and firing rate per layer."""
     from .checkpoint import load_model
     from .data import load_split
@@ -194,6 +198,12 @@ def eval_cmd(checkpoint: Optional[str], dataset: Optional[str], split: str, limi
 
     if samples is not None and samples < 1:
         raise RobustSNNError(f"--samples must be >= 1, got {samples}")
+    if limit is not None and limit < 1:
+        raise RobustSNNError(f"--limit must be >= 1 (leave it out for the whole split), got {limit}")
+    if out:
+        from .utils import claim_outputs
+
+        claim_outputs(out, ["confusion.png", "eval.json"], force=force)
     model = load_model(checkpoint, device=device, num_steps=num_steps)
     ds = dataset or model.config["dataset"]
     x, y = load_split(ds, split, data_dir=data_dir, limit=limit)
@@ -261,6 +271,7 @@ DEFAULT_ATTACK_LIMIT = 1000
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Save adversarial examples, results JSON and a figure here.")
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--checks/--no-checks", default=True, show_default=True, help="Sanity checks (Carlini et al. 2019).")
 @click.option("--check-convergence", is_flag=True, help="Rerun the last gradient stage with twice the steps on the survivors "
@@ -277,7 +288,7 @@ DEFAULT_ATTACK_LIMIT = 1000
 def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Optional[str], eps: Optional[str], eps_l2: Optional[str],
            steps: Optional[int], queries: Optional[int], restarts: int, surrogate: Optional[str], eot_samples: Optional[int],
            samples: Optional[int], dataset: Optional[str], limit: Optional[str], num_steps: Optional[int], batch_size: int, seed: int,
-           out: Optional[str], as_json: bool, checks: bool, check_convergence: bool, defenses: tuple, detector: Optional[str],
+           out: Optional[str], force: bool, as_json: bool, checks: bool, check_convergence: bool, defenses: tuple, detector: Optional[str],
            adaptive: bool, calibration_size: int, data_dir: Optional[str], device: str) -> None:
     """Attack a checkpoint through surrogate gradients and report robust accuracy.
 
@@ -297,7 +308,6 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     from .attacks import evaluate
     from .attacks.checks import RobustnessWarning
     from .checkpoint import load_model
-    from .data import load_split
     from .reporting import format_table, json_ready, save_attack_outputs
     from .surrogates import parse_spec
 
@@ -322,10 +332,14 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     n_limit = _limit(limit, DEFAULT_ATTACK_LIMIT)
     if surrogate is not None and surrogate != "ensemble":
         parse_spec(surrogate)
+    for opt, value in (("--eot-samples", eot_samples), ("--samples", samples)):
+        if value is not None and value < 1:
+            raise RobustSNNError(f"{opt} must be >= 1, got {value}")
     if out:
-        from .utils import ensure_writable_dir
+        from .reporting import ATTACK_OUTPUTS
+        from .utils import claim_outputs
 
-        ensure_writable_dir(out)
+        claim_outputs(out, ATTACK_OUTPUTS, force=force)
     dd = distributed.init(device)
     device = distributed.device_for(device)
     model = load_model(checkpoint, device=device, num_steps=num_steps)
@@ -407,12 +421,13 @@ def _defended_setup(model: Any, ds: str, *, defenses: Sequence[str], detector: O
 @click.option("--batch-size", type=int, default=500, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Write certify.json, certify.csv and certify.png here.")
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @data_dir_option
 @device_option
 @_user_errors
 def certify(checkpoint: Optional[str], sigma: float, n: int, n0: int, alpha: float, limit: Optional[int], skip: int,
-            batch_size: int, seed: int, out: Optional[str], as_json: bool, data_dir: Optional[str], device: str) -> None:
+            batch_size: int, seed: int, out: Optional[str], force: bool, as_json: bool, data_dir: Optional[str], device: str) -> None:
     """Randomized-smoothing L2 certificates (Cohen et al. 2019): certified accuracy vs radius."""
     from .checkpoint import load_model
     from .data import load_split
@@ -420,6 +435,12 @@ def certify(checkpoint: Optional[str], sigma: float, n: int, n0: int, alpha: flo
 
     if skip < 1:
         raise RobustSNNError(f"--skip must be >= 1, got {skip}")
+    if limit is not None and limit < 1:
+        raise RobustSNNError(f"--limit must be >= 1 (leave it out for the whole split), got {limit}")
+    if out:
+        from .utils import claim_outputs
+
+        claim_outputs(out, ["certify.json", "certify.csv", "certify.png"], force=force)
     model = load_model(checkpoint, device=device)
     x, y = load_split(model.config["dataset"], "test", data_dir=data_dir, limit=limit)
     idx = list(range(0, len(x), skip))
@@ -495,33 +516,18 @@ def sweep(spec: str, out: Optional[str], resume: bool, max_cells: Optional[int],
 @main.command()
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for the plots (default: beside RESULTS).")
+@force_option
 @_user_errors
-def plot(results: str, out: Optional[str]) -> None:
+def plot(results: str, out: Optional[str], force: bool) -> None:
     """Plot accuracy vs eps (and vs T) from a sweep's results.csv or results.jsonl."""
-    from .experiments.plots import write_plots
-    from .experiments.runner import read_rows, rows_from_csv
+    from .experiments.plots import PLOT_OUTPUTS, write_plots
+    from .experiments.runner import load_results
+    from .utils import claim_outputs
 
     p = Path(results)
-    if not p.is_file():
-        raise RobustSNNError(f"{p} not found")
-    jsonl = p if p.suffix == ".jsonl" else p.with_suffix(".jsonl")
-    if jsonl.is_file():
-        rows = read_rows(jsonl)
-        worst = None
-    else:
-        rows = rows_from_csv(p)
-        wc = p.with_name("worst_case.csv")
-        worst = None
-        if wc.is_file():
-            import csv
-
-            with open(wc, newline="") as f:
-                worst = [{**r, "eps": float(r["eps"]), "num_steps": int(r["num_steps"]), "seed": int(r["seed"]),
-                          "robust_accuracy": float(r["robust_accuracy"]), "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"])}
-                         for r in csv.DictReader(f)]
-    if not rows:
-        raise RobustSNNError(f"{p} holds no results")
-    files = write_plots(Path(out) if out else p.parent, rows, worst_rows=worst)
+    rows, worst = load_results(p)
+    folder = claim_outputs(Path(out) if out else p.parent, PLOT_OUTPUTS, force=force)
+    files = write_plots(folder, rows, worst_rows=worst)
     click.echo(f"wrote {', '.join(files)}")
 
 
@@ -539,17 +545,22 @@ def plot(results: str, out: Optional[str]) -> None:
               help="png/svg: every figure in that format (plus the GIF animation); gif: only the animation.")
 @click.option("--tsne-samples", type=int, default=200, show_default=True, help="Test images in the t-SNE figure (0: skip).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @data_dir_option
 @device_option
 @_user_errors
 def visualize(checkpoint: Optional[str], index: Optional[int], digit: Optional[int], attack_name: str, eps: float, steps: Optional[int],
-              surrogate: Optional[str], timestep: Optional[int], out: str, fmt: str, tsne_samples: int, seed: int, as_json: bool,
-              data_dir: Optional[str], device: str) -> None:
+              surrogate: Optional[str], timestep: Optional[int], out: str, fmt: str, tsne_samples: int, seed: int, force: bool,
+              as_json: bool, data_dir: Optional[str], device: str) -> None:
     """Clean vs adversarial spike trains of one test image, layer by layer, plus a t-SNE and a distance table."""
     from .checkpoint import load_model
     from .visualization import render_all
 
+    from .utils import claim_outputs
+    from .visualization import OUTPUT_PATTERNS
+
+    claim_outputs(out, OUTPUT_PATTERNS, force=force)
     model = load_model(checkpoint, device=device)
     summary = render_all(model, index=index, digit=digit, attack=attack_name, eps=eps, steps=steps, surrogate=surrogate,
                          timestep=timestep, out=out, fmt=fmt, tsne_samples=tsne_samples, seed=seed, data_dir=data_dir,
@@ -577,10 +588,9 @@ def visualize(checkpoint: Optional[str], index: Optional[int], digit: Optional[i
 @_user_errors
 def app(checkpoint: Optional[str], host: str, port: int, data_dir: Optional[str], device: str) -> None:
     """Interactive web app: draw a digit, watch the SNN decide, attack and defend it (needs the app extra)."""
-    from .app import launch
+    from .app import check_address, launch
 
-    if not 0 < port < 65536:
-        raise RobustSNNError(f"--port must be in 1..65535, got {port}")
+    check_address(host, port)
     click.echo(f"robust-snn app on http://{host}:{port} (Ctrl+C to stop)")
     launch(checkpoint, host=host, port=port, data_dir=data_dir, device=device)
 

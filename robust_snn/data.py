@@ -164,7 +164,7 @@ def _torchvision_split(info: DatasetInfo, root: Path, split: str, download: bool
     )
     try:
         ds = cls(root=str(root), train=(split == "train"), download=download)
-    except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True ..."
+    except RuntimeError:  # torchvision: "Dataset not found. You can use download=True ..."
         raise RobustSNNError(hint + ("" if download else ", or allow downloading")) from None
     except Exception as e:  # network failures during download
         raise RobustSNNError(f"{hint} (download failed: {type(e).__name__}: {e})") from None

@@ -6,7 +6,9 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from .errors import RobustSNNError
 from .models import SpikingClassifier
+from .stats import fraction
 from .utils import progress_bar
 
 #: Forward samples used to evaluate a model with a stochastic encoder.
@@ -15,9 +17,11 @@ DEFAULT_STOCHASTIC_SAMPLES = 8
 
 def num_eval_samples(model: SpikingClassifier, samples: Optional[int] = None) -> int:
     """Forward samples to average: 1 for deterministic encoders, else ``samples`` or the default."""
+    if samples is not None and samples < 1:
+        raise RobustSNNError(f"--samples must be >= 1, got {samples}")
     if not model.encoder.stochastic:
         return 1
-    return int(samples or DEFAULT_STOCHASTIC_SAMPLES)
+    return DEFAULT_STOCHASTIC_SAMPLES if samples is None else int(samples)
 
 
 def evaluate_clean(
@@ -36,6 +40,8 @@ def evaluate_clean(
     (list of lists, rows = true class), ``firing_rates`` (layer -> mean spikes
     per neuron per step), ``samples``, ``num_steps``, ``seconds``, ``img_per_s``.
     """
+    if batch_size < 1:
+        raise RobustSNNError(f"--batch-size must be >= 1, got {batch_size}")
     model.eval()
     device = next(model.parameters()).device
     n_samples = num_eval_samples(model, samples)
@@ -65,7 +71,7 @@ def evaluate_clean(
     n = len(y)
     return {
         "n": n,
-        "accuracy": (pred == y.cpu()).float().mean().item() if n else 0.0,
+        "accuracy": fraction(pred == y.cpu()),
         "per_class": per_class,
         "confusion": conf.tolist(),
         "firing_rates": {name: rate_sums[i].item() / (n * n_samples) for i, name in enumerate(model.stage_names)},

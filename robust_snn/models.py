@@ -7,9 +7,10 @@ tool, torchattacks included, can attack it unchanged.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -43,6 +44,23 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "mean": [0.1307],
     "std": [0.3081],
 }
+
+#: the most time steps a model simulates (memory grows linearly with T)
+MAX_NUM_STEPS = 1024
+#: pixel values may leave [0, 1] by this much (rounding in preprocessors) before input validation refuses them
+INPUT_TOLERANCE = 1e-4
+
+
+def check_num_steps(num_steps: Any, *, option: str = "num_steps (--num-steps)") -> int:
+    """``num_steps`` as an int in [1, MAX_NUM_STEPS], or a one-line error."""
+    try:
+        t = int(num_steps)
+    except (TypeError, ValueError):
+        raise RobustSNNError(f"{option} must be an integer, got {num_steps!r}") from None
+    if not 1 <= t <= MAX_NUM_STEPS or t != num_steps:
+        raise RobustSNNError(f"{option} must be an integer in [1, {MAX_NUM_STEPS}], got {num_steps}")
+    return t
+
 
 ARCH_DEFAULTS = {
     "csnn": {"channels": [32, 64], "hidden": [512], "dropout": 0.0},
@@ -81,10 +99,9 @@ def full_config(**overrides: Any) -> Dict[str, Any]:
         raise RobustSNNError(f"unknown readout {cfg['readout']!r}; choose one of: {', '.join(READOUTS)}")
     if not 0.0 <= float(cfg["beta"]) <= 1.0:
         raise RobustSNNError(f"beta must be in [0, 1], got {cfg['beta']}")
-    if float(cfg["threshold"]) <= 0:
-        raise RobustSNNError(f"threshold must be positive, got {cfg['threshold']}")
-    if int(cfg["num_steps"]) < 1:
-        raise RobustSNNError(f"num_steps must be >= 1, got {cfg['num_steps']}")
+    if not 0 < float(cfg["threshold"]) < float("inf"):
+        raise RobustSNNError(f"threshold must be a positive finite number, got {cfg['threshold']}")
+    check_num_steps(cfg["num_steps"])
     if not 0.0 <= float(cfg["dropout"]) < 1.0:
         raise RobustSNNError(f"dropout must be in [0, 1), got {cfg['dropout']}")
     make_encoder(cfg["encoding"])  # validates the name
@@ -158,6 +175,8 @@ class SpikingClassifier(nn.Module):
         self.stages = nn.ModuleList(_build_stages(cfg))
         self.stage_names = [name for name, _ in _stage_plan(cfg)]
         self._has_conv = any(isinstance(m, nn.Conv2d) for m in self.modules())
+        #: refuse images outside [0, 1] or non-finite (see :meth:`_check_input`, :func:`unchecked_inputs`)
+        self.check_inputs = True
         #: run convolutions in channels-last layout (see :meth:`set_fast`)
         self.channels_last = True
         self._conv_weight_layout()
@@ -215,11 +234,31 @@ class SpikingClassifier(nn.Module):
                 if isinstance(m, nn.Conv2d):
                     m.weight.data = m.weight.data.contiguous(memory_format=fmt)
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate images (shape, dtype, finite, in [0, 1]); returns them in the model's dtype.
+
+        A uint8 image, pixel values in [0, 255], a normalized image or NaN pixels would
+        otherwise give a silently wrong answer. The range check is one fused reduction;
+        :func:`unchecked_inputs` switches it off for callers that feed noise on purpose
+        (randomized smoothing, noise augmentation).
+        """
         cfg = self.config
         expected = (cfg["in_channels"], *cfg["image_size"])
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise RobustSNNError(f"expected input of shape [B, {', '.join(map(str, expected))}], got {list(x.shape)}")
+        if not x.is_floating_point():
+            hint = "convert with x.float() / 255" if x.dtype == torch.uint8 else "convert to float images in [0, 1]"
+            raise RobustSNNError(f"expected float images in [0, 1], got dtype {x.dtype}; {hint}")
+        if self.check_inputs and x.numel() and not _capturing(x):
+            tol = INPUT_TOLERANCE
+            if not bool(((x >= -tol) & (x <= 1 + tol)).all()):  # NaN fails both comparisons
+                if not bool(torch.isfinite(x).all()):
+                    raise RobustSNNError("input images contain NaN or inf values; drop or repair those images")
+                lo, hi = float(x.min()), float(x.max())
+                hint = ("divide by 255" if lo >= 0 and hi <= 255 else
+                        "pass raw [0, 1] images: the model normalizes inside (undo your normalization), or clip to [0, 1]")
+                raise RobustSNNError(f"input pixel values must be in [0, 1], got min {lo:.4g}, max {hi:.4g}; {hint}")
+        return x if x.dtype == self.mean.dtype else x.to(self.mean.dtype)
 
     # -- simulation ----------------------------------------------------------------------
     def forward(
@@ -229,9 +268,9 @@ class SpikingClassifier(nn.Module):
 
         With ``record=True`` returns ``(logits, Recording)``.
         """
-        self._check_input(x)
+        x = self._check_input(x)
         self.reset_state()
-        T = int(num_steps or self.num_steps)
+        T = check_num_steps(self.num_steps if num_steps is None else num_steps)
         B = x.shape[0]
         x = self.preprocess(x)
         spikes, mems = [], []
@@ -275,6 +314,29 @@ class SpikingClassifier(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         return f"arch={c['arch']}, encoding={c['encoding']}, num_steps={c['num_steps']}, readout={c['readout']}"
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    """True while a CUDA graph is being captured (no host sync allowed then)."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+@contextlib.contextmanager
+def unchecked_inputs(*models: nn.Module) -> Iterator[None]:
+    """Let ``models`` accept inputs outside [0, 1] inside the block (Gaussian noise on purpose).
+
+    Randomized smoothing (Cohen et al. 2019) classifies ``x + N(0, sigma^2)`` without
+    clipping; everything else should pass images in [0, 1].
+    """
+    mods = [m for model in models for m in model.modules() if isinstance(m, SpikingClassifier)]
+    old = [m.check_inputs for m in mods]
+    for m in mods:
+        m.check_inputs = False
+    try:
+        yield
+    finally:
+        for m, o in zip(mods, old):
+            m.check_inputs = o
 
 
 def _stage_plan(cfg: Dict[str, Any]) -> List[Tuple[str, List[nn.Module]]]:

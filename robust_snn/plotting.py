@@ -1,7 +1,10 @@
 """Figures for training and evaluation (matplotlib, headless backend)."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import TYPE_CHECKING, Dict, List, Sequence
+
+if TYPE_CHECKING:  # annotations only: plotting does not need torch at import
+    import torch
 
 import matplotlib
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
@@ -69,6 +69,10 @@ def format_table(result: Dict[str, Any]) -> str:
         for c in result["checks"]:
             lines.append(f"  [{'ok' if c['passed'] else 'FAIL'}] {c['name']}" + ("" if c["passed"] else f": {c['detail']}"))
     return "\n".join(lines)
+
+
+#: the files ``attack --out`` may write (see :func:`save_attack_outputs`)
+ATTACK_OUTPUTS = ("adversarial.pt", "results.json", "examples.png", "roc.png")
 
 
 def save_attack_outputs(out_dir: str | Path, result: Dict[str, Any], *, indices: torch.Tensor, x: torch.Tensor, y: torch.Tensor,

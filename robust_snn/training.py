@@ -1,12 +1,13 @@
 """Training loop for spiking classifiers (surrogate-gradient BPTT), resumable."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -14,13 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .checkpoint import save_checkpoint
+from .checkpoint import load_file, save_checkpoint
 from .defenses.adversarial import craft, trades_loss, validate_adv, warmup_eps
 from .data import dataset_info, load_split, split_validation
 from .errors import RobustSNNError
 from .evaluation import evaluate_clean
-from .models import SpikingClassifier, full_config
-from .utils import atomic_path, progress_bar, resolve_device, save_figure_atomic, seed_everything, write_json_atomic, write_text_atomic
+from .models import SpikingClassifier, full_config, unchecked_inputs
+from .utils import atomic_path, ensure_writable_dir, progress_bar, resolve_device, save_figure_atomic, seed_everything, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,17 @@ class TrainSettings:
             raise RobustSNNError(f"--epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise RobustSNNError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise RobustSNNError(f"--lr must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise RobustSNNError(f"--lr must be a positive finite number, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise RobustSNNError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        if not 0 <= self.val_split < 1:
+            raise RobustSNNError(f"--val-split must be in [0, 1), got {self.val_split}")
+        for opt, value in (("--limit", self.limit), ("--test-limit", self.test_limit)):
+            if value is not None and value < 1:
+                raise RobustSNNError(f"{opt} must be >= 1 (leave it out to use the whole split), got {value}")
+        if self.seed < 0:
+            raise RobustSNNError(f"--seed must be >= 0, got {self.seed}")
         if self.optimizer not in OPTIMIZERS:
             raise RobustSNNError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
         if self.scheduler not in SCHEDULERS:
@@ -160,6 +170,47 @@ def state_path(out: Path) -> Path:
     return out.with_name(out.stem + ".state.pt")
 
 
+def log_paths(out: Path) -> List[Path]:
+    """The files written beside a checkpoint: ``NAME.log.json``, ``NAME.log.csv``, ``NAME.curves.png``."""
+    base = out.with_suffix("")
+    return [base.with_name(base.name + suffix) for suffix in (".log.json", ".log.csv", ".curves.png")]
+
+
+def _output_problem(out: Path, *, resume: bool, force: bool) -> Optional[str]:
+    """Why ``train`` must not start writing ``out`` (unwritable, or it would overwrite something), or ``None``."""
+    try:
+        ensure_writable_dir(out.parent, option="--out")
+    except RobustSNNError as e:
+        return str(e)
+    if out.is_dir():
+        return f"--out {out} is a folder; give a checkpoint file path ending in .pt"
+    sp = state_path(out)
+    if force or (resume and sp.is_file()):
+        return None
+    if sp.is_file():
+        return (f"{sp} holds an interrupted run of --out {out}; pass --resume to continue it, "
+                f"or --force to start over")
+    existing = [p for p in (out, *log_paths(out)) if p.exists()]
+    if existing:
+        finished = " (its run finished: there is nothing to resume)" if resume else ""
+        return f"--out {existing[0]} already exists{finished}; pass --force to overwrite it, or choose another --out"
+    return None
+
+
+_STATE_KEYS = ("config", "settings")  # the rest is checked after the settings match
+
+
+def _read_state(sp: Path) -> Dict[str, Any] | str:
+    """A training state file, or a one-line reason why it cannot be resumed."""
+    try:
+        state = load_file(sp, what="training state")
+    except RobustSNNError as e:
+        return f"--resume: {e}; delete it and rerun without --resume to start over"
+    if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
+        return f"--resume: {sp} is not a robust-snn training state; delete it and rerun without --resume to start over"
+    return state
+
+
 def train(
     model_config: Dict[str, Any],
     settings: TrainSettings,
@@ -168,6 +219,7 @@ def train(
     data_dir: Optional[str] = None,
     device: str = "auto",
     resume: bool = False,
+    force: bool = False,
     command: Optional[str] = None,
     progress: bool = True,
 ) -> Tuple[SpikingClassifier, Dict[str, Any]]:
@@ -181,6 +233,8 @@ def train(
         data_dir: torchvision-layout data root.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         resume: continue from ``out``'s ``.state.pt`` sidecar if present.
+        force: overwrite an existing ``out`` (and its logs), or start over from an interrupted
+            run's state; without it, both are refused before any work starts.
         command: the command line, recorded in the checkpoint recipe.
 
     Under ``torchrun`` (see :mod:`robust_snn.distributed`) the model is wrapped in
@@ -198,6 +252,10 @@ def train(
     if out.suffix != ".pt":
         raise RobustSNNError(f"--out must end in .pt, got {out}")
     dd = distributed.init(device)
+    # rank 0 owns the outputs: it checks them before any work and every rank stops on its verdict
+    problem = distributed.broadcast_object(_output_problem(out, resume=resume, force=force) if dd.is_main else None)
+    if problem:
+        raise RobustSNNError(problem)
     dev = resolve_device(distributed.device_for(device))
     info = dataset_info(settings.dataset)
     cfg = full_config(
@@ -229,8 +287,9 @@ def train(
     sp = state_path(out)
     if resume:
         # rank 0 reads the state and hands it to the others (no shared filesystem needed)
-        state = distributed.broadcast_object(
-            torch.load(sp, map_location="cpu", weights_only=True) if dd.is_main and sp.is_file() else None)
+        state = distributed.broadcast_object(_read_state(sp) if dd.is_main and sp.is_file() else None)
+        if isinstance(state, str):
+            raise RobustSNNError(state)
         if state is not None:
             saved_settings = {**asdict(TrainSettings()), **dict(state.get("settings") or {})}  # keys added later: defaults
             if state.get("config") != cfg or saved_settings != asdict(settings):
@@ -239,13 +298,17 @@ def train(
                 # the learning rate, the schedule's length and the adversarial warm-up depend on the steps per epoch
                 raise RobustSNNError(f"{sp} was written by a run with {int(state.get('world_size', 1))} process(es); "
                                      f"resume it with the same number (this run has {dd.world})")
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            if sched is not None and state.get("scheduler") is not None:
-                sched.load_state_dict(state["scheduler"])
-            history = list(state["history"])
-            start_epoch = int(state["epoch"]) + 1
-            train_seconds = float(state.get("train_seconds", 0.0))
+            try:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                if sched is not None and state.get("scheduler") is not None:
+                    sched.load_state_dict(state["scheduler"])
+                history = list(state["history"])
+                start_epoch = int(state["epoch"]) + 1
+                train_seconds = float(state.get("train_seconds", 0.0))
+            except (RuntimeError, KeyError, ValueError, TypeError, IndexError):
+                raise RobustSNNError(f"--resume: {sp} is damaged (its weights or optimizer state do not fit this model); "
+                                     f"delete it and rerun without --resume to start over") from None
             log.info("resuming from %s after epoch %d", sp, start_epoch - 1)
         else:
             log.warning("--resume: no training state at %s; starting from scratch", sp)
@@ -270,34 +333,37 @@ def train(
         tot_loss = tot_correct = tot_n = 0.0
         t0 = time.perf_counter()
         bar = progress_bar(list(order.split(settings.batch_size)), enabled=progress and dd.is_main, desc=f"epoch {epoch}/{settings.epochs}")
-        for i, idx in enumerate(bar):
-            xb = random_shift(x_tr[idx], settings.augment_shift, generator=gen)
-            xb, yb = xb.to(dev), y_tr[idx].to(dev)
-            if settings.noise_sigma > 0:  # Gaussian augmentation for randomized smoothing (Cohen et al. 2019)
-                xb = xb + settings.noise_sigma * torch.randn_like(xb)
-            if settings.adv == "none":
-                logits = net(xb)
-                loss = spike_loss(logits, yb, kind=settings.loss, num_steps=model.num_steps)
-            else:
-                e = warmup_eps(settings.adv_eps, step=(epoch - 1) * steps_per_epoch + i, warmup_steps=settings.adv_warmup * steps_per_epoch)
-                alpha = None if settings.adv_alpha is None else settings.adv_alpha * e / settings.adv_eps
-                x_adv = craft(model, xb.clamp(0, 1), yb, method=settings.adv, eps=e, steps=settings.adv_steps, alpha=alpha)
-                if settings.adv == "trades":
-                    logits_clean = net(xb)
-                    logits = net(x_adv)
-                    loss = trades_loss(logits_clean, logits, yb, beta=settings.trades_beta)
-                else:
-                    logits = net(x_adv)
+        # Gaussian noise augmentation leaves [0, 1] on purpose (Cohen et al. do not clip)
+        noisy = unchecked_inputs(model) if settings.noise_sigma > 0 else contextlib.nullcontext()
+        with noisy:
+            for i, idx in enumerate(bar):
+                xb = random_shift(x_tr[idx], settings.augment_shift, generator=gen)
+                xb, yb = xb.to(dev), y_tr[idx].to(dev)
+                if settings.noise_sigma > 0:  # Gaussian augmentation for randomized smoothing (Cohen et al. 2019)
+                    xb = xb + settings.noise_sigma * torch.randn_like(xb)
+                if settings.adv == "none":
+                    logits = net(xb)
                     loss = spike_loss(logits, yb, kind=settings.loss, num_steps=model.num_steps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            tot_loss += loss.item() * len(yb)
-            tot_correct += (logits.argmax(1) == yb).sum().item()
-            tot_n += len(yb)
-            bar.set_postfix(loss=f"{tot_loss / tot_n:.4f}", acc=f"{100 * tot_correct / tot_n:.2f}%")
+                else:
+                    e = warmup_eps(settings.adv_eps, step=(epoch - 1) * steps_per_epoch + i, warmup_steps=settings.adv_warmup * steps_per_epoch)
+                    alpha = None if settings.adv_alpha is None else settings.adv_alpha * e / settings.adv_eps
+                    x_adv = craft(model, xb.clamp(0, 1), yb, method=settings.adv, eps=e, steps=settings.adv_steps, alpha=alpha)
+                    if settings.adv == "trades":
+                        logits_clean = net(xb)
+                        logits = net(x_adv)
+                        loss = trades_loss(logits_clean, logits, yb, beta=settings.trades_beta)
+                    else:
+                        logits = net(x_adv)
+                        loss = spike_loss(logits, yb, kind=settings.loss, num_steps=model.num_steps)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                tot_loss += loss.item() * len(yb)
+                tot_correct += (logits.argmax(1) == yb).sum().item()
+                tot_n += len(yb)
+                bar.set_postfix(loss=f"{tot_loss / tot_n:.4f}", acc=f"{100 * tot_correct / tot_n:.2f}%")
         epoch_seconds = distributed.max_float(time.perf_counter() - t0)
         tot_loss, tot_correct, tot_n = distributed.sum_floats([tot_loss, tot_correct, tot_n])
         train_seconds += epoch_seconds
@@ -405,16 +471,16 @@ def _val_pgd_accuracy(model: SpikingClassifier, val: Tuple[torch.Tensor, torch.T
 
 
 def _write_logs(out: Path, history: List[Dict[str, Any]]) -> None:
-    base = out.with_suffix("")
-    write_json_atomic(base.with_name(base.name + ".log.json"), history)
+    log_json, log_csv, curves = log_paths(out)
+    write_json_atomic(log_json, history)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(history[0].keys()))
     writer.writeheader()
     writer.writerows(history)
-    write_text_atomic(base.with_name(base.name + ".log.csv"), buf.getvalue())
+    write_text_atomic(log_csv, buf.getvalue())
     from .plotting import training_curves_figure
     import matplotlib.pyplot as plt
 
     fig = training_curves_figure(history)
-    save_figure_atomic(fig, base.with_name(base.name + ".curves.png"), dpi=110)
+    save_figure_atomic(fig, curves, dpi=110)
     plt.close(fig)

@@ -8,7 +8,7 @@ import platform
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -83,7 +83,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temporaries(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -95,6 +96,34 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> List[Path]:
+    """Delete temporary files that a killed writer of ``target`` left behind.
+
+    :func:`atomic_path` names its temporary ``.NAME.PID.XXXX.tmp``. A SIGKILL (or power
+    loss) between creating and renaming it cannot be caught, so the next write of the
+    same file removes every such temporary whose process no longer runs. Returns the
+    removed paths.
+    """
+    t = Path(target)
+    removed = []
+    for tmp in t.parent.glob(f".{t.name}.*.tmp"):
+        pid = tmp.name[len(t.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -145,10 +174,6 @@ def progress_bar(iterable: Any, *, enabled: bool = True, **kwargs: Any) -> Any:
 
 def ensure_writable_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
     """Create ``path`` if needed and prove it is writable, before any long work starts."""
-    import tempfile
-
-    from .errors import RobustSNNError
-
     p = Path(path)
     try:
         p.mkdir(parents=True, exist_ok=True)
@@ -156,4 +181,41 @@ def ensure_writable_dir(path: str | os.PathLike, *, option: str = "--out") -> Pa
             pass
     except OSError as e:
         raise RobustSNNError(f"{option} {p}: cannot write there ({e.strerror or e}); choose a writable folder") from None
+    return p
+
+
+def claim_outputs(folder: str | os.PathLike, patterns: Sequence[str], *, force: bool = False, option: str = "--out") -> Path:
+    """Before any long work starts: ``folder`` is writable and holds none of the files to be written.
+
+    Args:
+        folder: where the outputs go (created if missing).
+        patterns: file names (or glob patterns) the command will write there.
+        force: allow overwriting existing files (the ``--force`` flag).
+        option: the option named in the error message.
+    """
+    p = Path(folder)
+    if p.exists() and not p.is_dir():
+        raise RobustSNNError(f"{option} {p} is a file, not a folder; choose a folder")
+    ensure_writable_dir(p, option=option)
+    if not force:
+        existing = sorted({str(f.name) for pat in patterns for f in p.glob(pat) if f.is_file()})
+        if existing:
+            shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+            raise RobustSNNError(f"{option} {p} already holds {shown}; pass --force to overwrite, or choose another folder")
+    return p
+
+
+def claim_file(path: str | os.PathLike, *, force: bool = False, option: str = "--out", also: Sequence[str | os.PathLike] = ()) -> Path:
+    """Before any long work starts: ``path`` (and the companion files ``also``) can be written and do not exist yet.
+
+    Raises a one-line error naming ``--force`` when one of them exists.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise RobustSNNError(f"{option} {p} is a folder; give a file path")
+    ensure_writable_dir(p.parent if str(p.parent) else Path("."), option=option)
+    if not force:
+        existing = [str(f) for f in (p, *map(Path, also)) if f.exists()]
+        if existing:
+            raise RobustSNNError(f"{option} {existing[0]} already exists; pass --force to overwrite it, or choose another path")
     return p

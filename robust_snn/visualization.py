@@ -406,6 +406,11 @@ def tsne_figure(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y:
     return fig
 
 
+#: the files ``visualize --out`` may write (glob patterns)
+OUTPUT_PATTERNS = ("1_images.*", "2_input.*", "3_conv_maps_t*.*", "4_fc_raster.*", "5_output.*", "6_activity.*",
+                   "7_animation.gif", "8_tsne.*", "summary.json")
+
+
 def render_all(model: torch.nn.Module, *, index: Optional[int] = None, digit: Optional[int] = None, attack: str = "pgd",
                eps: float = 0.1, steps: Optional[int] = None, surrogate: Optional[str] = None, timestep: Optional[int] = None,
                out: str | Path = "figures", fmt: str = "png", tsne_samples: int = 200, seed: int = 0,

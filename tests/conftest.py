@@ -12,7 +12,9 @@ DATA_DIR = Path(os.environ.get("ROBUST_SNN_DATA", REPO.parent / "shared" / "data
 
 
 def pytest_configure(config):
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # OMP_NUM_THREADS wins (the suite must pass with 1 thread and with 2: other reduction orders)
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +23,9 @@ def data_dir() -> Path:
     missing = [f for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
                if not (raw / f).is_file() and not (raw / f"{f}.gz").is_file()]
     if missing:
-        pytest.fail(f"real MNIST files missing under {raw}: {missing}; set ROBUST_SNN_DATA to a torchvision-layout root", pytrace=False)
+        pytest.fail(f"real MNIST files missing under {raw}: {missing}; set ROBUST_SNN_DATA to a torchvision-layout root, e.g. after "
+                    "python -c \"import torchvision as tv; [tv.datasets.MNIST('DIR', train=t, download=True) for t in (True, False)]\"",
+                    pytrace=False)
     return DATA_DIR
 
 

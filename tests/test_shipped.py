@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from robust_snn import load_model
@@ -26,7 +25,8 @@ def test_shipped_checkpoint_reaches_99_percent(shipped, mnist_test):
     assert res["accuracy"] >= 0.99
     meta = read_checkpoint(default_checkpoint())
     assert meta["metrics"]["test_n"] == 10000
-    assert abs(meta["metrics"]["test_accuracy"] - res["accuracy"]) < 1e-9, "model card number must be reproducible"
+    # the same number of correct images (the card's float may be float32-rounded: 0.99049997 for 9905/10000)
+    assert round(meta["metrics"]["test_accuracy"] * 10000) == round(res["accuracy"] * 10000), "model card number must be reproducible"
     assert default_checkpoint().stat().st_size < 5 * 2**20
 
 

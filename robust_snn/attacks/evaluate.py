@@ -16,7 +16,7 @@ import torch
 from ..errors import RobustSNNError
 from ..evaluation import DEFAULT_STOCHASTIC_SAMPLES
 from .. import distributed
-from ..stats import wilson_interval
+from ..stats import fraction, wilson_interval
 from ..surrogates import ENSEMBLE, canonical, use_surrogate
 from .checks import TOL_BOUND, check_convergence, check_model, check_results
 from .eot import EOT
@@ -197,10 +197,11 @@ def evaluate(
     was_training = model.training
     model.eval()
     stochastic = bool(getattr(getattr(model, "encoder", None), "stochastic", False))
-    eot = int(eot_samples or DEFAULT_EOT_SAMPLES) if stochastic else 1
-    n_eval = int(samples or DEFAULT_STOCHASTIC_SAMPLES) if stochastic else 1
-    if eot < 1 or n_eval < 1:
-        raise RobustSNNError("--eot-samples and --samples must be >= 1")
+    for opt, value in (("--eot-samples", eot_samples), ("--samples", samples)):
+        if value is not None and value < 1:
+            raise RobustSNNError(f"{opt} must be >= 1, got {value}")
+    eot = (DEFAULT_EOT_SAMPLES if eot_samples is None else int(eot_samples)) if stochastic else 1
+    n_eval = (DEFAULT_STOCHASTIC_SAMPLES if samples is None else int(samples)) if stochastic else 1
     crafter = model if source_model is None else source_model
     if source_model is not None:
         source_model.eval()
@@ -227,7 +228,7 @@ def evaluate(
         n_classes = clean_logits.shape[1]
     clean_seconds = chunks.wall(time.perf_counter() - t0)
     clean_correct = clean_logits.argmax(1) == y
-    clean_acc = clean_correct.float().mean().item()
+    clean_acc = fraction(clean_correct)
     clean_scores = _detector_scores(model, x, chunks, reseed) if detector is not None else None
     clean_rejected = clean_scores > float(detector.threshold) if detector is not None else None
 
@@ -282,7 +283,7 @@ def evaluate(
                 "restarts": restarts,
                 "eot_samples": eot,
                 "clean_accuracy": clean_acc,
-                "robust_accuracy": shown.float().mean().item(),
+                "robust_accuracy": fraction(shown),
                 **with_interval(int(shown.sum()), n),
                 "cascade": job.cascade,
                 "attacked": int(stat_mask.sum()),
@@ -310,10 +311,10 @@ def evaluate(
                 success = clean_correct & ~correct
                 defended_mask = correct | rejected
                 row.update({
-                    "detection_rate": rejected[success].float().mean().item() if success.any() else None,
+                    "detection_rate": fraction(rejected[success]) if success.any() else None,
                     "auroc": _auroc(clean_scores[clean_correct], adv_scores[success]) if success.any() and clean_correct.any() else None,
-                    "robust_accuracy_with_rejection": defended_mask.float().mean().item(),
-                    "clean_rejection_rate": clean_rejected.float().mean().item(),
+                    "robust_accuracy_with_rejection": fraction(defended_mask),
+                    "clean_rejection_rate": fraction(clean_rejected),
                 })
                 if keep_examples:
                     examples_scores[name] = (clean_scores[clean_correct], adv_scores[success])
@@ -336,8 +337,8 @@ def evaluate(
             p0 = {**j0.params, "steps": min(10, int(j0.params["steps"]))} if "steps" in j0.params else j0.params
             _, z_logits = _attack_all(j0.spec, p0, 0.0, x[:m], y[:m], clean_logits[:m], grads=j0.grads[:1], restarts=1,
                                       chunks=Chunks(m, batch_size), progress=False, active=None, **common)
-            eps_zero_acc = (z_logits.argmax(1) == y[:m]).float().mean().item()
-            eps_zero_ref = clean_correct[:m].float().mean().item()
+            eps_zero_acc = fraction(z_logits.argmax(1) == y[:m])
+            eps_zero_ref = fraction(clean_correct[:m])
         if convergence:
             convergence_record = _convergence(jobs, robust_masks, x, y, clean_logits, restarts=restarts, batch_size=batch_size,
                                               **common)
@@ -345,13 +346,13 @@ def evaluate(
         model.train(was_training)
 
     worst_case = [
-        {"norm": norm, "eps": e, "robust_accuracy": mask.float().mean().item(), **with_interval(int(mask.sum()), n),
+        {"norm": norm, "eps": e, "robust_accuracy": fraction(mask), **with_interval(int(mask.sum()), n),
          "attacks": list(dict.fromkeys(r["attack"] for r in results if r["norm"] == norm and r["eps"] == e))}
         for (norm, e), mask in sorted(robust_masks.items(), key=lambda kv: (kv[0][0] != "Linf", kv[0][0], kv[0][1]))
     ]
     for w in worst_case:
         if (w["norm"], w["eps"]) in rejection_masks:
-            w["robust_accuracy_with_rejection"] = rejection_masks[(w["norm"], w["eps"])].float().mean().item()
+            w["robust_accuracy_with_rejection"] = fraction(rejection_masks[(w["norm"], w["eps"])])
     if checks:
         check_list += check_results(results, clean_accuracy=eps_zero_ref, n=n, eps_zero_accuracy=eps_zero_acc, stochastic=stochastic)
     if convergence_record is not None:
@@ -379,8 +380,8 @@ def evaluate(
     }
     if detector is not None:
         out["detector"] = {"spec": detector.spec(), "threshold": float(detector.threshold), "fpr_target": detector.fpr,
-                           "clean_rejection_rate": clean_rejected.float().mean().item(),
-                           "clean_accuracy_with_rejection": (clean_correct & ~clean_rejected).float().mean().item()}
+                           "clean_rejection_rate": fraction(clean_rejected),
+                           "clean_accuracy_with_rejection": fraction(clean_correct & ~clean_rejected)}
         if keep_examples:
             out["detector_scores"] = examples_scores
             out["example_rejected"] = examples_rejected

@@ -6,7 +6,7 @@ L2 radius) and keyword overrides, and returns a :class:`torchattacks.Attack`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
 import torch

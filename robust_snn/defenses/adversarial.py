@@ -11,6 +11,8 @@ Three recipes, all exact BPTT through the model's surrogate gradient:
 """
 from __future__ import annotations
 
+import math
+
 from typing import Optional
 
 import torch
@@ -39,10 +41,10 @@ def validate_adv(method: str, eps: float, steps: int, alpha: Optional[float], be
         raise RobustSNNError("--adv-eps must be positive for adversarial training")
     if steps < 1:
         raise RobustSNNError(f"--adv-steps must be >= 1, got {steps}")
-    if alpha is not None and not alpha > 0:
-        raise RobustSNNError(f"--adv-alpha must be positive, got {alpha}")
-    if beta < 0:
-        raise RobustSNNError(f"--trades-beta must be >= 0, got {beta}")
+    if alpha is not None and not 0 < alpha < math.inf:
+        raise RobustSNNError(f"--adv-alpha must be a positive finite number, got {alpha}")
+    if not 0 <= beta < math.inf:
+        raise RobustSNNError(f"--trades-beta must be a finite number >= 0, got {beta}")
 
 
 def _input_grad(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

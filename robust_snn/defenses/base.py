@@ -10,7 +10,7 @@ suspicious) and rejects those above a threshold calibrated on clean data.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 import torch
 from torch import nn

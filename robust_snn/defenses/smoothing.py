@@ -17,6 +17,7 @@ from scipy.stats import beta as beta_dist
 from scipy.stats import binomtest, norm
 
 from ..errors import RobustSNNError
+from ..models import unchecked_inputs
 from ..utils import progress_bar
 
 ABSTAIN = -1
@@ -41,8 +42,8 @@ class Smooth:
     """
 
     def __init__(self, model: torch.nn.Module, *, num_classes: int, sigma: float, batch_size: int = 500) -> None:
-        if not sigma > 0:
-            raise RobustSNNError(f"--sigma must be positive, got {sigma}")
+        if not 0 < sigma < float("inf"):
+            raise RobustSNNError(f"--sigma must be a positive finite number, got {sigma}")
         if batch_size < 1:
             raise RobustSNNError(f"--batch-size must be >= 1, got {batch_size}")
         self.model = model
@@ -59,7 +60,8 @@ class Smooth:
         while left > 0:
             b = min(self.batch_size, left)
             noise = torch.randn((b, *x.shape), generator=generator) * self.sigma
-            pred = self.model((x[None] + noise).to(device)).argmax(1).cpu()
+            with unchecked_inputs(self.model):  # Cohen et al. classify unclipped noisy images
+                pred = self.model((x[None] + noise).to(device)).argmax(1).cpu()
             counts += torch.bincount(pred, minlength=self.num_classes)
             left -= b
         return counts

@@ -19,7 +19,7 @@ surrogate of the same quantities for adaptive attacks.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 import torch.nn.functional as F

@@ -83,6 +83,10 @@ def accuracy_vs_t_figure(rows: List[Dict[str, Any]]):
     return _finish(fig, axes, len(keys))
 
 
+#: the files :func:`write_plots` may write
+PLOT_OUTPUTS = ("accuracy_vs_eps.png", "accuracy_vs_eps.svg", "accuracy_vs_T.png", "accuracy_vs_T.svg")
+
+
 def write_plots(out: Path, rows: List[Dict[str, Any]], *, worst_rows=None) -> List[str]:
     """Write ``accuracy_vs_eps.{png,svg}`` (and ``accuracy_vs_T.{png,svg}`` if T varies); returns paths."""
     files = []

@@ -16,17 +16,18 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .. import distributed
 from ..errors import RobustSNNError
-from ..utils import progress_bar, write_text_atomic
+from ..utils import ensure_writable_dir, progress_bar, write_text_atomic
 from .spec import AttackEntry, DefenseEntry, ExperimentSpec, ModelEntry
 from .stats import wilson_interval
 
@@ -100,8 +101,11 @@ def read_rows(path: Path, *, repair: bool = False) -> List[Dict[str, Any]]:
         log.warning("%s: dropping a torn last line (%d bytes) from an interrupted run", path, len(data) - good_end)
         with open(path, "r+b") as f:
             f.truncate(good_end)
-    last = {r.get("key"): i for i, r in enumerate(rows)}  # a cell rerun on other data supersedes the older row
-    return [r for i, r in enumerate(rows) if last[r.get("key")] == i]
+    def key(r: Any) -> Any:
+        return r.get("key") if isinstance(r, dict) else None
+
+    last = {key(r): i for i, r in enumerate(rows)}  # a cell rerun on other data supersedes the older row
+    return [r for i, r in enumerate(rows) if last[key(r)] == i]
 
 
 def _append_row(path: Path, row: Dict[str, Any]) -> None:
@@ -270,14 +274,22 @@ def run_sweep(spec: ExperimentSpec, out_dir: str | Path, *, resume: bool = True,
     fp = data_fingerprint(spec)
     keys = {c["key"] for c in all_cells}
     rows: List[Dict[str, Any]] = []
+    problem = None
+    if dd.is_main:  # rank 0 writes every file: it checks the folder before any cell runs, and all ranks stop on its verdict
+        try:
+            ensure_writable_dir(out, option="--out")
+        except RobustSNNError as e:
+            problem = str(e)
+    problem = distributed.broadcast_object(problem)
+    if problem:
+        raise RobustSNNError(problem)
     if dd.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         if not resume and jsonl.exists():
             bak = out / f"results.jsonl.{time.strftime('%Y%m%d-%H%M%S')}.bak"
             jsonl.rename(bak)
             log.warning("--no-resume: previous results moved to %s", bak)
         stored = read_rows(jsonl, repair=True)
-        rows = [r for r in stored if r["key"] in keys and r.get("data", fp) == fp]
+        rows = [r for r in stored if isinstance(r, dict) and r.get("key") in keys and r.get("data", fp) == fp]
         stale = len(stored) - len(rows)
         if stale:
             log.warning("%d rows in %s are not cells of this spec or were run on other data (kept in the file, "
@@ -322,27 +334,88 @@ def write_tables(out: Path, rows: List[Dict[str, Any]]) -> None:
     write_text_atomic(out / "worst_case.csv", _csv_text(worst_case_rows(rows), WORST_COLUMNS))
 
 
+#: what each results row must hold, and how to read it from a CSV cell
+ROW_FIELDS = {"model": str, "defense": str, "attack": str, "surrogate": str, "eps": float, "num_steps": int, "seed": int,
+              "robust_accuracy": float, "ci_low": float, "ci_high": float}
+_OPTIONAL_FLOATS = ("clean_accuracy", "success_rate", "seconds", "detection_rate", "robust_accuracy_with_rejection",
+                    "clean_rejection_rate")
+_OPTIONAL_INTS = ("n",)
+
+
+def _typed(value: Any, cast: type, where: str, key: str) -> Any:
+    if cast is str:
+        if not isinstance(value, str):
+            raise RobustSNNError(f"{where}: column {key} must be text, got {value!r}")
+        return value
+    if isinstance(value, bool) or (cast is int and isinstance(value, float) and not value.is_integer()):
+        raise RobustSNNError(f"{where}: column {key} must be {'an integer' if cast is int else 'a number'}, got {value!r}")
+    try:
+        v = cast(float(value)) if cast is int else cast(value)
+    except (TypeError, ValueError):
+        raise RobustSNNError(f"{where}: column {key} must be {'an integer' if cast is int else 'a number'}, got {value!r}") from None
+    if cast is float and not math.isfinite(v):
+        raise RobustSNNError(f"{where}: column {key} must be a finite number, got {value!r}")
+    return v
+
+
+def check_row(row: Any, where: str, fields: Dict[str, type] = ROW_FIELDS) -> Dict[str, Any]:
+    """One results row with every required field present and typed, or a one-line error naming ``where``."""
+    if not isinstance(row, dict):
+        raise RobustSNNError(f"{where}: not a robust-snn results row (expected an object, got {type(row).__name__})")
+    missing = [k for k in fields if row.get(k) in (None, "")]
+    if missing:
+        raise RobustSNNError(f"{where}: not a robust-snn results row (missing {', '.join(missing)})")
+    out = dict(row)
+    for k, cast in fields.items():
+        out[k] = _typed(row[k], cast, where, k)
+    for keys, cast in ((_OPTIONAL_FLOATS, float), (_OPTIONAL_INTS, int)):
+        for k in keys:
+            out[k] = None if row.get(k) in (None, "") else _typed(row[k], cast, where, k)
+    return out
+
+
+def _read_csv(p: Path, fields: Dict[str, type]) -> List[Dict[str, Any]]:
+    try:
+        with open(p, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = set(fields) - set(reader.fieldnames or [])
+            if missing:
+                raise RobustSNNError(f"{p} is not a robust-snn results table (missing columns: {', '.join(sorted(missing))})")
+            return [check_row(r, f"{p} line {i + 2}", fields) for i, r in enumerate(reader)]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise RobustSNNError(f"{p} is not a readable CSV table ({type(e).__name__}); pass a sweep's results.csv") from None
+
+
 def rows_from_csv(path: str | Path) -> List[Dict[str, Any]]:
-    """Read ``results.csv`` back (numbers parsed)."""
+    """Read ``results.csv`` back (numbers parsed and checked)."""
     p = Path(path)
     if not p.is_file():
         raise RobustSNNError(f"{p} not found")
-    with open(p, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"model", "defense", "attack", "eps", "robust_accuracy", "ci_low", "ci_high"} - set(reader.fieldnames or [])
-        if missing:
-            raise RobustSNNError(f"{p} is not a robust-snn results table (missing columns: {', '.join(sorted(missing))})")
-        rows = []
-        for r in reader:
-            row: Dict[str, Any] = dict(r)
-            for k in ("eps", "clean_accuracy", "robust_accuracy", "ci_low", "ci_high", "success_rate", "seconds",
-                      "detection_rate", "robust_accuracy_with_rejection", "clean_rejection_rate"):
-                if row.get(k) not in (None, ""):
-                    row[k] = float(row[k])
-                else:
-                    row[k] = None
-            for k in ("num_steps", "seed", "n"):
-                if row.get(k) not in (None, ""):
-                    row[k] = int(row[k])
-            rows.append(row)
-    return rows
+    return _read_csv(p, ROW_FIELDS)
+
+
+def load_results(path: str | Path) -> Tuple[List[Dict[str, Any]], Optional[List[Dict[str, Any]]]]:
+    """A sweep's rows from ``results.jsonl`` or ``results.csv`` (with ``worst_case.csv`` beside it), validated.
+
+    Returns ``(rows, worst_rows)``; ``worst_rows`` is ``None`` for JSONL (the per-sample masks
+    give the worst case) or when no ``worst_case.csv`` lies beside the CSV.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise RobustSNNError(f"{p} not found; pass a sweep's results.csv or results.jsonl")
+    worst = None
+    if p.suffix == ".jsonl":
+        try:
+            rows = [check_row(r, f"{p} row {i + 1}") for i, r in enumerate(read_rows(p))]
+        except UnicodeDecodeError:
+            raise RobustSNNError(f"{p} is not a robust-snn results file (not text)") from None
+    elif p.suffix == ".csv":
+        rows = rows_from_csv(p)
+        wc = p.with_name("worst_case.csv")
+        if wc.is_file():
+            worst = _read_csv(wc, {k: v for k, v in ROW_FIELDS.items() if k != "attack"})
+    else:
+        raise RobustSNNError(f"{p}: expected a sweep's results.csv or results.jsonl")
+    if not rows:
+        raise RobustSNNError(f"{p} holds no results")
+    return rows, worst

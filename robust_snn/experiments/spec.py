@@ -176,6 +176,10 @@ def parse_spec(data: Dict[str, Any], *, path: Optional[Path] = None) -> Experime
     batch_size = r.get("batch_size", 256)
     if not isinstance(batch_size, int) or batch_size < 1:
         problems.append(f"[run] batch_size must be a positive integer, got {batch_size!r}")
+    for key in ("eot_samples", "samples"):
+        v = r.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            problems.append(f"[run] {key} must be a positive integer, got {v!r}")
 
     models: List[ModelEntry] = []
     for i, m in enumerate(data.get("models", [{"name": "default", "checkpoint": "default"}])):
