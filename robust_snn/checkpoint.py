@@ -57,7 +57,7 @@ def save_checkpoint(
     return Path(path)
 
 
-def load_file(path: str | os.PathLike, *, what: str = "checkpoint") -> Any:
+def load_file(path: str | os.PathLike, *, what: str = "checkpoint", fix: str = "re-download or re-create it") -> Any:
     """``torch.load(path, weights_only=True)`` with one-line errors for unsafe, corrupt or truncated files.
 
     Opening a file never executes code: a file that holds Python objects other than
@@ -75,14 +75,16 @@ def load_file(path: str | os.PathLike, *, what: str = "checkpoint") -> Any:
                 f"{p} is not a safe robust-snn {what}: it contains Python objects that would run code when loaded; refusing to load it"
             ) from None
         raise RobustSNNError(f"{p} is corrupt or not a {what} (unpickling failed)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # a damaged file can make the unpickler raise anything (KeyError, struct.error, ...)
         text = str(e)
         if "central directory" in text or "zip archive" in text or isinstance(e, (EOFError, zipfile.BadZipFile)):
             reason = "truncated or not a torch file"
-        else:
-            first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        elif isinstance(e, (RuntimeError, ValueError, OSError)) and text.strip():
+            first = text.strip().splitlines()[0]
             reason = first if len(first) <= 120 else first[:117] + "..."
-        raise RobustSNNError(f"{p} is corrupt or not a {what} ({reason}); re-download or re-create it") from None
+        else:  # KeyError(174812789) from the unpickler says nothing to a user
+            reason = "unreadable"
+        raise RobustSNNError(f"{p} is corrupt or not a {what} ({reason}); {fix}") from None
 
 
 def read_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:

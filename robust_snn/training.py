@@ -203,9 +203,9 @@ _STATE_KEYS = ("config", "settings")  # the rest is checked after the settings m
 def _read_state(sp: Path) -> Dict[str, Any] | str:
     """A training state file, or a one-line reason why it cannot be resumed."""
     try:
-        state = load_file(sp, what="training state")
+        state = load_file(sp, what="training state", fix="delete it and rerun without --resume to start over")
     except RobustSNNError as e:
-        return f"--resume: {e}; delete it and rerun without --resume to start over"
+        return f"--resume: {e}"
     if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
         return f"--resume: {sp} is not a robust-snn training state; delete it and rerun without --resume to start over"
     return state

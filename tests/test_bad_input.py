@@ -100,6 +100,7 @@ def test_train_unwritable_out_fails_before_training(runner, data_dir):
 
 @pytest.mark.parametrize("content, message", [
     (b"\x00not a torch file" * 20, "corrupt or not a training state"),
+    (b"junk\n", "corrupt or not a training state"),  # the legacy unpickler raises KeyError on this
     (None, "not a safe robust-snn training state"),
     ({"weights": 1}, "not a robust-snn training state"),
 ])
@@ -330,3 +331,9 @@ def test_sweep_unwritable_out_fails_before_any_cell(runner, tmp_path, tiny_check
     p = tmp_path / "s.toml"
     p.write_text(f'name = "s"\neps = [0.1]\n[[models]]\nname = "m"\ncheckpoint = "{tiny_checkpoint}"\n')
     _one_line_error(runner.invoke(main, ["sweep", str(p), "--out", UNWRITABLE]), "--out", "cannot write there")
+
+
+def test_sweep_spec_problems_are_one_line(runner, tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('name = "s"\neps = [2.0]\nseeds = [-1]\n[[models]]\nname = "m"\ncheckpoint = "default"\n[[attacks]]\nname = "nope"\n')
+    _one_line_error(runner.invoke(main, ["sweep", str(p)]), "invalid experiment spec", "eps", "nope", "seeds")

@@ -262,7 +262,7 @@ def parse_spec(data: Dict[str, Any], *, path: Optional[Path] = None) -> Experime
             problems.append(f"{kind}: duplicate names {', '.join(dup)}")
     if problems:
         where = f"{path}: " if path else ""
-        raise RobustSNNError(where + "invalid experiment spec:\n  - " + "\n  - ".join(problems))
+        raise RobustSNNError(where + "invalid experiment spec: " + "; ".join(problems))  # one line, every problem
     return ExperimentSpec(
         name=name, path=str(path) if path else None, description=str(data.get("description", "")), eps=eps, num_steps=num_steps,
         surrogates=surrogates, seeds=[int(s) for s in seeds], dataset=d.get("dataset"), split=split, limit=limit,
