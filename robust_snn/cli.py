@@ -521,7 +521,7 @@ def sweep(spec: str, out: Optional[str], resume: bool, max_cells: Optional[int],
 def plot(results: str, out: Optional[str], force: bool) -> None:
     """Plot accuracy vs eps (and vs T) from a sweep's results.csv or results.jsonl."""
     from .experiments.plots import PLOT_OUTPUTS, write_plots
-    from .experiments.runner import load_results
+    from .experiments.results import load_results
     from .utils import claim_outputs
 
     p = Path(results)

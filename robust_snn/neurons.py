@@ -7,13 +7,14 @@ sequence at once (SpikingJelly's multi-step mode) with exactly the update of
 """
 from __future__ import annotations
 
-from typing import List, Optional
+import contextlib
+from typing import Any, Iterator, List, Optional, Tuple
 
 import snntorch as snn
 import torch
 from torch import nn
 
-from .surrogates import make_spike_fn
+from .surrogates import SPECIAL_GRADIENTS, make_spike_fn, parse_spec
 
 RESET_MECHANISMS = ("subtract", "zero", "none")
 _RESET_CODE = {"subtract": 0, "zero": 1, "none": 2}
@@ -206,6 +207,30 @@ class LIF(nn.Module):
     def extra_repr(self) -> str:
         return f"reset={self.reset_mechanism}, grad_mode={self.grad_mode}"
 
+    def set_surrogate(self, spec: Optional[str]) -> Tuple[Any, str]:
+        """Route this layer's gradients through ``spec``; the forward pass is unchanged.
+
+        Args:
+            spec: a surrogate spec (``"atan:alpha=2"``), ``"rate"`` (the rate-based
+                gradient, BPTR/RGA), or ``None`` to keep the current one.
+
+        Returns:
+            The previous setting, for :meth:`restore_surrogate`.
+        """
+        previous = (self.neuron.spike_grad, self.grad_mode)
+        if spec is not None:
+            name, _ = parse_spec(spec)
+            if name in SPECIAL_GRADIENTS:
+                self.grad_mode = name
+            else:
+                self.neuron.spike_grad = make_spike_fn(spec)
+                self.grad_mode = "surrogate"
+        return previous
+
+    def restore_surrogate(self, previous: Tuple[Any, str]) -> None:
+        """Undo :meth:`set_surrogate` with the setting it returned."""
+        self.neuron.spike_grad, self.grad_mode = previous
+
     def _loop(self, cur_seq: torch.Tensor, spike_fn, num_steps: Optional[int] = None) -> tuple:
         """Run the recurrence; ``num_steps`` set means ``cur_seq`` is one static ``[B, ...]`` input."""
         beta = self.neuron.beta.clamp(0, 1).to(cur_seq.dtype)
@@ -256,3 +281,28 @@ class LIF(nn.Module):
         if self.last_mem is not None:  # membrane readout / recording: identity gradient to the input current
             self.last_mem = self.last_mem + (cur_seq - cur_seq.detach())
         return spk_seq + (proxy - proxy.detach()).unsqueeze(0)
+
+
+@contextlib.contextmanager
+def use_surrogate(model: nn.Module, spec: Optional[str]) -> Iterator[None]:
+    """Temporarily change how gradients pass through every LIF layer of ``model``.
+
+    The forward pass is unchanged; only the backward of the spike function changes
+    (``spec="rate"`` switches to the rate-based gradient). The previous setting is
+    restored on exit, also when the body raises.
+
+    Args:
+        model: any module containing :class:`LIF` layers.
+        spec: surrogate spec, ``"rate"``, or ``None`` to keep the model's own.
+    """
+    if spec is None:
+        yield
+        return
+    parse_spec(spec)  # validate before touching any layer
+    layers = [m for m in model.modules() if isinstance(m, LIF)]
+    saved = [m.set_surrogate(spec) for m in layers]
+    try:
+        yield
+    finally:
+        for m, previous in zip(layers, saved):
+            m.restore_surrogate(previous)

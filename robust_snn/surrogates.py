@@ -4,13 +4,13 @@ Specs are strings such as ``"fast_sigmoid"``, ``"fast_sigmoid:slope=10"`` or
 ``"atan:alpha=2"``. Training surrogates are the functions of
 :mod:`snntorch.surrogate`; attacks may swap in any of them (and the
 rate-based gradient) without changing the forward pass, see
-:func:`robust_snn.surrogates.use_surrogate`.
+:func:`robust_snn.neurons.use_surrogate` (each :class:`~robust_snn.neurons.LIF`
+layer's :meth:`~robust_snn.neurons.LIF.set_surrogate`).
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Callable, Dict, Iterator, Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 from snntorch import surrogate as snn_surrogate
@@ -259,37 +259,3 @@ def _derivative(name: str, **p: float) -> Callable[[torch.Tensor], torch.Tensor]
     if name == "assg":
         return _assg_derivative(p["vanish"], p["relax"])
     raise RobustSNNError(f"no derivative for surrogate {name!r}")  # pragma: no cover - every SURROGATES entry has one
-
-
-@contextlib.contextmanager
-def use_surrogate(model: torch.nn.Module, spec: str | None) -> Iterator[None]:
-    """Temporarily change how gradients pass through every LIF layer of ``model``.
-
-    The forward pass is unchanged; only the backward of the spike function
-    changes (``spec="rate"`` switches to the rate-based gradient). The previous
-    setting is restored on exit, also when the body raises.
-
-    Args:
-        model: any module containing :class:`robust_snn.neurons.LIF` layers.
-        spec: surrogate spec, ``"rate"``, or ``None`` to keep the model's own.
-    """
-    from .neurons import LIF  # local import: neurons imports this module
-
-    if spec is None:
-        yield
-        return
-    name, _ = parse_spec(spec)
-    layers = [m for m in model.modules() if isinstance(m, LIF)]
-    saved = [(m.neuron.spike_grad, m.grad_mode) for m in layers]
-    try:
-        for m in layers:
-            if name in SPECIAL_GRADIENTS:
-                m.grad_mode = name
-            else:
-                m.neuron.spike_grad = make_spike_fn(spec)
-                m.grad_mode = "surrogate"
-        yield
-    finally:
-        for m, (fn, mode) in zip(layers, saved):
-            m.neuron.spike_grad = fn
-            m.grad_mode = mode

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from robust_snn.cli import main
 from robust_snn.errors import RobustSNNError
 from robust_snn.experiments import load_spec, wilson_interval
-from robust_snn.experiments.runner import COLUMNS, WORST_COLUMNS, cells, read_rows, run_sweep
+from robust_snn.experiments.results import COLUMNS, WORST_COLUMNS, read_rows
+from robust_snn.experiments.runner import cells, run_sweep
 from robust_snn.experiments.spec import parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,7 +75,7 @@ def test_worst_case_is_per_sample(tiny_checkpoint, data_dir, tmp_path):
     summary = run_sweep(spec, tmp_path / "o", data_dir=str(data_dir), progress=False, plots=False)
     assert summary["complete"]
     rows = read_rows(tmp_path / "o" / "results.jsonl")
-    from robust_snn.experiments.runner import unpack_mask, worst_case_rows
+    from robust_snn.experiments.results import unpack_mask, worst_case_rows
 
     masks = [unpack_mask(r["robust_mask"], r["n"]) for r in rows]
     (w,) = worst_case_rows(rows)
@@ -200,7 +201,7 @@ def test_detector_defense_rows_carry_rejection(tiny_checkpoint, data_dir, tmp_pa
     spec = load_spec(p)
     assert [c["attack"].name for c in cells(spec)] == ["pgd", "pgd-tcc"]  # pgd-tcc only where a detector is
     run_sweep(spec, tmp_path / "o", data_dir=str(data_dir), progress=False, plots=False)
-    from robust_snn.experiments.runner import unpack_mask, worst_case_rows
+    from robust_snn.experiments.results import unpack_mask, worst_case_rows
 
     rows = read_rows(tmp_path / "o" / "results.jsonl")
     for r in rows:
@@ -222,7 +223,7 @@ def test_a_suite_is_one_cell_per_eps_holding_its_worst_case(tiny_checkpoint, dat
     from robust_snn import load_model
     from robust_snn.attacks import SUITES, Stage, Suite, evaluate
     from robust_snn.data import load_split
-    from robust_snn.experiments.runner import unpack_mask
+    from robust_snn.experiments.results import unpack_mask
 
     monkeypatch.setitem(SUITES, "cheap", Suite("cheap", (Stage("fgsm"), Stage("pgd", "fast_sigmoid:slope=5", steps=3),
                                                          Stage("square", queries=20)), cascade=True, claim=True, description="t"))

@@ -90,7 +90,7 @@ def test_bad_inputs_give_clear_errors():
 @pytest.mark.parametrize("readout", ["count", "membrane"])
 @pytest.mark.parametrize("surrogate", [None, "atan", "triangular", "straight_through", "rate"])
 def test_fused_lif_matches_reference_outputs_and_input_gradients(reset, readout, surrogate):
-    from robust_snn.surrogates import use_surrogate
+    from robust_snn.neurons import use_surrogate
 
     torch.manual_seed(0)
     model = build_model("csnn", channels=[4, 8], hidden=[16], reset_mechanism=reset, readout=readout, threshold=0.3).eval()

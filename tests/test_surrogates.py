@@ -4,7 +4,8 @@ from snntorch import surrogate as snn_surrogate
 
 from robust_snn.errors import RobustSNNError
 from robust_snn.models import build_model
-from robust_snn.surrogates import ENSEMBLE, canonical, make_spike_fn, parse_spec, use_surrogate
+from robust_snn.neurons import use_surrogate
+from robust_snn.surrogates import ENSEMBLE, canonical, make_spike_fn, parse_spec
 
 
 def _input_grad(model, x, y):

@@ -28,7 +28,7 @@ def _check(name: str, passed: bool, detail: str) -> Dict[str, Any]:
 def check_model(model: torch.nn.Module, attacked: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eot_samples: int,
                 was_training: bool, gradients: Sequence[Optional[str]] = (None,)) -> List[Dict[str, Any]]:
     """Checks before attacking: training mode, randomness, zero gradients (for every gradient choice)."""
-    from ..surrogates import use_surrogate
+    from ..neurons import use_surrogate
 
     out = []
     out.append(_check("model in eval mode", not was_training,

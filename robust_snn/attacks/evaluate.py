@@ -17,7 +17,8 @@ from ..errors import RobustSNNError
 from ..evaluation import DEFAULT_STOCHASTIC_SAMPLES
 from .. import distributed
 from ..stats import fraction, wilson_interval
-from ..surrogates import ENSEMBLE, canonical, use_surrogate
+from ..neurons import use_surrogate
+from ..surrogates import ENSEMBLE, canonical
 from .checks import TOL_BOUND, check_convergence, check_model, check_results
 from .eot import EOT
 from .guard import GradGuard

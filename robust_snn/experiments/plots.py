@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Tuple
 
 from ..plotting import plt
 from ..utils import save_figure_atomic
-from .runner import worst_case_rows
+from .results import worst_case_rows
 
 
 def _panels(rows: List[Dict[str, Any]]) -> List[Tuple[str, str]]:

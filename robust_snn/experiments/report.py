@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from ..utils import versions, write_text_atomic
-from .runner import GROUP, worst_case_rows
+from .results import GROUP, worst_case_rows
 
 
 def _check_rows(row: Dict[str, Any]) -> List[Dict[str, Any]]:

@@ -12,33 +12,20 @@ line, skips finished cells and ends with every cell exactly once.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
-import torch
 
 from .. import distributed
 from ..errors import RobustSNNError
 from ..utils import ensure_writable_dir, progress_bar, write_text_atomic
+from .results import append_row, pack_mask, read_rows, write_tables
 from .spec import AttackEntry, DefenseEntry, ExperimentSpec, ModelEntry
 from .stats import wilson_interval
 
 log = logging.getLogger(__name__)
-
-COLUMNS = ["model", "defense", "detector", "adaptive", "attack", "attack_kind", "surrogate", "eps", "num_steps", "seed", "n",
-           "clean_accuracy", "robust_accuracy", "ci_low", "ci_high", "success_rate", "detection_rate",
-           "robust_accuracy_with_rejection", "clean_rejection_rate", "within_bound", "seconds", "key"]
-WORST_COLUMNS = ["model", "defense", "detector", "surrogate", "num_steps", "seed", "eps", "n", "robust_accuracy", "ci_low", "ci_high",
-                 "robust_accuracy_with_rejection", "attacks"]
-GROUP = ("model", "defense", "surrogate", "num_steps", "seed")
 
 
 def _attack_params_label(a: AttackEntry) -> str:
@@ -66,87 +53,6 @@ def cells(spec: ExperimentSpec) -> List[Dict[str, Any]]:
                                                 str(t or "model"), str(seed)])
                                 out.append({"model": m, "defense": d, "attack": a, "surrogate": s, "eps": float(e),
                                             "num_steps": t, "seed": seed, "key": key})
-    return out
-
-
-def _pack(mask: torch.Tensor) -> str:
-    return np.packbits(mask.numpy().astype(np.uint8)).tobytes().hex()
-
-
-def unpack_mask(text: str, n: int) -> np.ndarray:
-    """Inverse of the mask encoding in ``results.jsonl``: a bool array of length ``n``."""
-    return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)
-
-
-def read_rows(path: Path, *, repair: bool = False) -> List[Dict[str, Any]]:
-    """Rows of ``results.jsonl``; a torn last line (from a kill mid-write) is dropped (and cut off if ``repair``)."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    rows: List[Dict[str, Any]] = []
-    good_end = 0
-    pos = 0
-    for line in data.split(b"\n"):
-        end = pos + len(line) + 1
-        if line.strip():
-            if end > len(data):  # no trailing newline: torn
-                break
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-        good_end = min(end, len(data))
-        pos = end
-    if repair and good_end < len(data):
-        log.warning("%s: dropping a torn last line (%d bytes) from an interrupted run", path, len(data) - good_end)
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-    def key(r: Any) -> Any:
-        return r.get("key") if isinstance(r, dict) else None
-
-    last = {key(r): i for i, r in enumerate(rows)}  # a cell rerun on other data supersedes the older row
-    return [r for i, r in enumerate(rows) if last[key(r)] == i]
-
-
-def _append_row(path: Path, row: Dict[str, Any]) -> None:
-    line = (json.dumps(row) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _csv_text(rows: List[Dict[str, Any]], columns: List[str]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    return buf.getvalue()
-
-
-def worst_case_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Per (model, defense, surrogate, T, seed, eps): a sample is robust only if every attack failed on it."""
-    groups: Dict[Tuple, List[Dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r[k] for k in GROUP) + (r["eps"],), []).append(r)
-    out = []
-    for key, rs in groups.items():
-        n = rs[0]["n"]
-        mask = np.ones(n, dtype=bool)
-        rej = np.ones(n, dtype=bool) if all(r.get("defended_mask") for r in rs) else None
-        for r in rs:
-            mask &= unpack_mask(r["robust_mask"], n)
-            if rej is not None:
-                rej &= unpack_mask(r["defended_mask"], n)
-        k = int(mask.sum())
-        lo, hi = wilson_interval(k, n)
-        out.append({**{g: rs[0][g] for g in GROUP}, "detector": rs[0]["detector"], "eps": rs[0]["eps"], "n": n,
-                    "robust_accuracy": k / n, "ci_low": lo, "ci_high": hi,
-                    "robust_accuracy_with_rejection": (float(rej.mean()) if rej is not None else None),
-                    "attacks": " ".join(sorted({r["attack"] for r in rs}))})
     return out
 
 
@@ -242,10 +148,10 @@ def run_cell(ctx: _Context, cell: Dict[str, Any], *, progress: bool = False) -> 
         "stochastic": bool(res["stochastic"]),
         # the rows the sanity checks read (robust_snn.attacks.checks.check_results), one per attack or suite stage
         "check_rows": [{k2: r[k2] for k2 in _CHECK_KEYS if k2 in r} for r in rs],
-        "seconds": time.perf_counter() - t0, "key": cell["key"], "robust_mask": _pack(correct),
+        "seconds": time.perf_counter() - t0, "key": cell["key"], "robust_mask": pack_mask(correct),
     }
     if d.detector is not None:
-        row["defended_mask"] = _pack(res["worst_case_defended_masks"][f"Linf@{cell['eps']:g}"])
+        row["defended_mask"] = pack_mask(res["worst_case_defended_masks"][f"Linf@{cell['eps']:g}"])
     return row
 
 
@@ -310,7 +216,7 @@ def run_sweep(spec: ExperimentSpec, out_dir: str | Path, *, resume: bool = True,
         row = {**run_cell(ctx, cell, progress=False), "data": fp}
         new += 1
         if dd.is_main:
-            _append_row(jsonl, row)
+            append_row(jsonl, row)
             rows.append(row)
             write_tables(out, rows)
     if not dd.is_main:
@@ -327,95 +233,3 @@ def run_sweep(spec: ExperimentSpec, out_dir: str | Path, *, resume: bool = True,
         files.append(write_report(out, spec, current, complete=complete))
     return distributed.broadcast_object({"out": str(out), "cells": len(all_cells), "done": len(current), "new": new,
                                          "complete": complete, "seconds": time.perf_counter() - t0, "files": files})
-
-
-def write_tables(out: Path, rows: List[Dict[str, Any]]) -> None:
-    write_text_atomic(out / "results.csv", _csv_text(rows, COLUMNS))
-    write_text_atomic(out / "worst_case.csv", _csv_text(worst_case_rows(rows), WORST_COLUMNS))
-
-
-#: what each results row must hold, and how to read it from a CSV cell
-ROW_FIELDS = {"model": str, "defense": str, "attack": str, "surrogate": str, "eps": float, "num_steps": int, "seed": int,
-              "robust_accuracy": float, "ci_low": float, "ci_high": float}
-_OPTIONAL_FLOATS = ("clean_accuracy", "success_rate", "seconds", "detection_rate", "robust_accuracy_with_rejection",
-                    "clean_rejection_rate")
-_OPTIONAL_INTS = ("n",)
-
-
-def _typed(value: Any, cast: type, where: str, key: str) -> Any:
-    if cast is str:
-        if not isinstance(value, str):
-            raise RobustSNNError(f"{where}: column {key} must be text, got {value!r}")
-        return value
-    if isinstance(value, bool) or (cast is int and isinstance(value, float) and not value.is_integer()):
-        raise RobustSNNError(f"{where}: column {key} must be {'an integer' if cast is int else 'a number'}, got {value!r}")
-    try:
-        v = cast(float(value)) if cast is int else cast(value)
-    except (TypeError, ValueError):
-        raise RobustSNNError(f"{where}: column {key} must be {'an integer' if cast is int else 'a number'}, got {value!r}") from None
-    if cast is float and not math.isfinite(v):
-        raise RobustSNNError(f"{where}: column {key} must be a finite number, got {value!r}")
-    return v
-
-
-def check_row(row: Any, where: str, fields: Dict[str, type] = ROW_FIELDS) -> Dict[str, Any]:
-    """One results row with every required field present and typed, or a one-line error naming ``where``."""
-    if not isinstance(row, dict):
-        raise RobustSNNError(f"{where}: not a robust-snn results row (expected an object, got {type(row).__name__})")
-    missing = [k for k in fields if row.get(k) in (None, "")]
-    if missing:
-        raise RobustSNNError(f"{where}: not a robust-snn results row (missing {', '.join(missing)})")
-    out = dict(row)
-    for k, cast in fields.items():
-        out[k] = _typed(row[k], cast, where, k)
-    for keys, cast in ((_OPTIONAL_FLOATS, float), (_OPTIONAL_INTS, int)):
-        for k in keys:
-            out[k] = None if row.get(k) in (None, "") else _typed(row[k], cast, where, k)
-    return out
-
-
-def _read_csv(p: Path, fields: Dict[str, type]) -> List[Dict[str, Any]]:
-    try:
-        with open(p, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = set(fields) - set(reader.fieldnames or [])
-            if missing:
-                raise RobustSNNError(f"{p} is not a robust-snn results table (missing columns: {', '.join(sorted(missing))})")
-            return [check_row(r, f"{p} line {i + 2}", fields) for i, r in enumerate(reader)]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise RobustSNNError(f"{p} is not a readable CSV table ({type(e).__name__}); pass a sweep's results.csv") from None
-
-
-def rows_from_csv(path: str | Path) -> List[Dict[str, Any]]:
-    """Read ``results.csv`` back (numbers parsed and checked)."""
-    p = Path(path)
-    if not p.is_file():
-        raise RobustSNNError(f"{p} not found")
-    return _read_csv(p, ROW_FIELDS)
-
-
-def load_results(path: str | Path) -> Tuple[List[Dict[str, Any]], Optional[List[Dict[str, Any]]]]:
-    """A sweep's rows from ``results.jsonl`` or ``results.csv`` (with ``worst_case.csv`` beside it), validated.
-
-    Returns ``(rows, worst_rows)``; ``worst_rows`` is ``None`` for JSONL (the per-sample masks
-    give the worst case) or when no ``worst_case.csv`` lies beside the CSV.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise RobustSNNError(f"{p} not found; pass a sweep's results.csv or results.jsonl")
-    worst = None
-    if p.suffix == ".jsonl":
-        try:
-            rows = [check_row(r, f"{p} row {i + 1}") for i, r in enumerate(read_rows(p))]
-        except UnicodeDecodeError:
-            raise RobustSNNError(f"{p} is not a robust-snn results file (not text)") from None
-    elif p.suffix == ".csv":
-        rows = rows_from_csv(p)
-        wc = p.with_name("worst_case.csv")
-        if wc.is_file():
-            worst = _read_csv(wc, {k: v for k, v in ROW_FIELDS.items() if k != "attack"})
-    else:
-        raise RobustSNNError(f"{p}: expected a sweep's results.csv or results.jsonl")
-    if not rows:
-        raise RobustSNNError(f"{p} holds no results")
-    return rows, worst
