@@ -117,15 +117,13 @@ class AppModel:
         return x[i], int(y[i])
 
     def defended(self, blur: bool, detector: bool):
-        from .defenses.registry import build_defended, held_out_calibration
+        from .defenses.registry import build_defended, calibration_split
 
         det = None
         if detector:
             if self._detector is None:
-                calib = held_out_calibration(self.model, self.model.config["dataset"], data_dir=self.data_dir, n=500)
-                if calib is None:  # no held-out training images: the test split's tail (the app attacks single images)
-                    self.test_image(0)
-                    calib = self._test[0][-500:]
+                # held-out training images, else the test split's tail (the app attacks single images)
+                _, _, calib, _ = calibration_split(self.model, self.model.config["dataset"], n=500, limit=1, data_dir=self.data_dir)
                 self._detector = build_defended(self.model, ["blur:sigma=1.0,kernel=5"] if blur else [], "tcc:fpr=0.05", calibration=calib).detector
             det = self._detector
         d = build_defended(self.model, ["blur:sigma=1.0,kernel=5"] if blur else [])

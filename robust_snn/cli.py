@@ -382,7 +382,7 @@ def _defended_setup(model: Any, ds: str, *, defenses: Sequence[str], detector: O
                     calibration_size: int, limit: Optional[int], data_dir: Optional[str]) -> tuple:
     """The model to evaluate (defended or not), the model to craft on (``None``: the same), test data, notes."""
     from .data import load_split
-    from .defenses.registry import build_defended, held_out_calibration
+    from .defenses.registry import build_defended, calibration_split
 
     notes: List[str] = []
     if not defenses and detector is None:
@@ -392,18 +392,9 @@ def _defended_setup(model: Any, ds: str, *, defenses: Sequence[str], detector: O
         return model, None, x, y, notes
     calib = None
     if detector is not None:
-        if calibration_size < 20:
-            raise RobustSNNError(f"--calibration-size must be >= 20, got {calibration_size}")
-        calib = held_out_calibration(model, ds, data_dir=data_dir, n=calibration_size)
-    if detector is not None and calib is None:
-        x_all, y_all = load_split(ds, "test", data_dir=data_dir)
-        if len(x_all) <= calibration_size:
-            raise RobustSNNError("not enough test images to hold out a detector calibration set; give --data-dir with the training split")
-        calib = x_all[-calibration_size:]
-        keep = len(x_all) - calibration_size if limit is None else min(limit, len(x_all) - calibration_size)
-        x, y = x_all[:keep], y_all[:keep]
-        notes.append(f"no held-out training images for this checkpoint (trained on the whole split, or the split is not local): the detector is calibrated on the last {calibration_size} test images, "
-                     f"which are left out of the evaluation")
+        x, y, calib, note = calibration_split(model, ds, n=calibration_size, limit=limit, data_dir=data_dir)
+        if note:
+            notes.append(note)
     else:
         x, y = load_split(ds, "test", data_dir=data_dir, limit=limit)
     defended = build_defended(model, list(defenses), detector, calibration=calib)

@@ -273,3 +273,25 @@ def test_cli_certify(tiny_checkpoint, data_dir, tmp_path):
     assert (tmp_path / "c" / "certify.png").stat().st_size > 0 and (tmp_path / "c" / "certify.csv").is_file()
     res = CliRunner().invoke(main, ["certify", "--checkpoint", str(tiny_checkpoint), "--sigma", "0", "--limit", "1", "--data-dir", str(data_dir)])
     assert res.exit_code != 0 and "sigma" in res.output
+
+
+def test_calibration_split_is_disjoint_from_the_evaluation(tiny_model, data_dir, tmp_path):
+    from robust_snn.defenses.registry import calibration_split
+
+    tiny_model.checkpoint_recipe = {"seed": 0, "val_split": 0.1, "limit": 2000}  # as if trained holding out 200 images
+    x, y, calib, note = calibration_split(tiny_model, "mnist", n=100, limit=50, data_dir=str(data_dir))
+    assert note is None and len(x) == 50 and calib.shape == (100, 1, 28, 28)  # the checkpoint's held-out training images
+    tiny_model.checkpoint_recipe = {"seed": 0, "val_split": 0.0}  # trained on everything: nothing held out
+    test_only = tmp_path / "MNIST" / "raw"
+    test_only.mkdir(parents=True)
+    for f in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        src = next(p for p in (data_dir / "MNIST" / "raw").iterdir() if p.name.startswith(f))
+        (test_only / src.name).symlink_to(src)
+    x, y, calib, note = calibration_split(tiny_model, "mnist", n=100, data_dir=str(tmp_path))
+    assert "last 100 test images" in note and len(x) == 9900 and len(y) == 9900
+    full, _ = __import__("robust_snn.data", fromlist=["load_split"]).load_split("mnist", "test", data_dir=str(tmp_path))
+    assert torch.equal(calib, full[-100:]) and torch.equal(x, full[:9900])
+    with pytest.raises(RobustSNNError, match="exceed"):
+        calibration_split(tiny_model, "mnist", n=100, limit=9950, data_dir=str(tmp_path))
+    with pytest.raises(RobustSNNError, match="at least 20"):
+        calibration_split(tiny_model, "mnist", n=5, data_dir=str(tmp_path))

@@ -1,7 +1,7 @@
 """Build defenses from CLI/spec strings: ``blur:sigma=1.0,kernel=5``, ``quantize:bits=4``, ``tcc:fpr=0.05``."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -82,3 +82,35 @@ def held_out_calibration(model: nn.Module, dataset: str, *, data_dir: Optional[s
     if val is None:
         return None
     return val[0][:n]
+
+
+def calibration_split(model: nn.Module, dataset: str, *, n: int, split: str = "test", limit: Optional[int] = None,
+                      data_dir: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[str]]:
+    """Evaluation images and *disjoint* clean images to calibrate a detector on.
+
+    The calibration images are the checkpoint's own held-out training images
+    (:func:`held_out_calibration`) when the training split is local; otherwise the last
+    ``n`` images of ``split``, which are then left out of the evaluation.
+
+    Returns:
+        ``(x, y, calibration, note)``: the first ``limit`` evaluation images and labels,
+        ``n`` calibration images, and a note for the user when the split's tail was used.
+    """
+    from ..data import load_split
+
+    if n < 20:
+        raise RobustSNNError(f"the detector calibration set needs at least 20 images (--calibration-size), got {n}")
+    calib = held_out_calibration(model, dataset, data_dir=data_dir, n=n)
+    if calib is not None:
+        x, y = load_split(dataset, split, data_dir=data_dir, limit=limit)
+        return x, y, calib, None
+    x_all, y_all = load_split(dataset, split, data_dir=data_dir)
+    keep = len(x_all) - n if limit is None else limit
+    if keep < 1 or keep + n > len(x_all):
+        raise RobustSNNError(f"{keep if limit is not None else 'all'} evaluation images plus {n} calibration images exceed the "
+                             f"{len(x_all)} {split} images (no held-out training images for this checkpoint, so the detector is "
+                             f"calibrated on the split's tail, disjoint from the evaluation); lower the limit or the calibration size, "
+                             f"or give --data-dir with the training split")
+    note = (f"no held-out training images for this checkpoint (trained on the whole split, or the split is not local): the detector "
+            f"is calibrated on the last {n} {split} images, which are left out of the evaluation")
+    return x_all[:keep], y_all[:keep], x_all[-n:], note

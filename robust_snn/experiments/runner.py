@@ -77,23 +77,18 @@ class _Context:
 
     def data(self, model: Any, with_calibration: bool):
         from ..data import load_split
-        from ..defenses.registry import held_out_calibration
+        from ..defenses.registry import calibration_split
 
         ds = self.spec.dataset or model.config["dataset"]
         k = (ds, with_calibration)
         if k not in self._data:
-            calib = held_out_calibration(model, ds, data_dir=self.data_dir, n=self.spec.calibration_size) if with_calibration else None
-            if with_calibration and calib is None:
-                x_all, y_all = load_split(ds, self.spec.split, data_dir=self.data_dir)
-                c = self.spec.calibration_size
-                keep = len(x_all) - c if self.spec.limit is None else self.spec.limit
-                if keep + c > len(x_all) or keep < 1:
-                    raise RobustSNNError(f"[data] limit {self.spec.limit} plus calibration_size {c} exceed the {len(x_all)} "
-                                         f"{self.spec.split} images; the detector's calibration images must be disjoint")
-                self._data[k] = (x_all[:keep], y_all[:keep], x_all[-c:])
+            if with_calibration:
+                x, y, calib, _ = calibration_split(model, ds, n=self.spec.calibration_size, split=self.spec.split,
+                                                   limit=self.spec.limit, data_dir=self.data_dir)
+                self._data[k] = (x, y, calib)
             else:
                 x, y = load_split(ds, self.spec.split, data_dir=self.data_dir, limit=self.spec.limit)
-                self._data[k] = (x, y, calib)
+                self._data[k] = (x, y, None)
         return self._data[k]
 
     def target(self, m: ModelEntry, d: DefenseEntry, t: Optional[int]):
