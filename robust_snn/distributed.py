@@ -191,3 +191,45 @@ def all_agree(flag: bool) -> bool:
     buf = torch.tensor([0 if flag else 1], dtype=torch.int64, device=_comm_device())
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
     return int(buf.item()) == 0
+
+
+class Chunks:
+    """Fixed chunks ``[a, b)`` of ``batch_size`` consecutive samples; chunk ``c`` belongs to rank ``c % world``.
+
+    The unit of work and of randomness: each chunk is computed on its own, with the
+    RNGs reseeded for it, so a result does not depend on how chunks are spread over
+    processes. :meth:`gather` sums every rank's own rows into the full tensor.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, rank: int = 0, world: int = 1) -> None:
+        self.n, self.rank, self.world = n, rank, world
+        self.all = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+        self.owned = torch.zeros(n, dtype=torch.bool)
+        for _, (a, b) in self.mine():
+            self.owned[a:b] = True
+
+    def mine(self) -> List[tuple]:
+        """``(chunk index, (a, b))`` for this rank's chunks."""
+        return [(c, ab) for c, ab in enumerate(self.all) if c % self.world == self.rank]
+
+    def map(self, fn, reseed) -> torch.Tensor:
+        """``fn(a, b)`` on this rank's chunks (reseeded per chunk), as a full-length tensor (zeros elsewhere)."""
+        out: Optional[torch.Tensor] = None
+        for c, (a, b) in self.mine():
+            reseed(c)
+            part = fn(a, b)
+            if out is None:
+                out = torch.zeros((self.n, *part.shape[1:]), dtype=part.dtype)
+            out[a:b] = part
+        if out is None:  # a rank without chunks (fewer chunks than ranks) still takes part in gather
+            part = fn(0, min(self.n, 1))
+            out = torch.zeros((self.n, *part.shape[1:]), dtype=part.dtype)
+        return out
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """The full tensor from every rank's own rows (unchanged when not sharded)."""
+        return sum_rows(t, self.owned) if self.world > 1 else t
+
+    def wall(self, seconds: float) -> float:
+        """Wall time of a sharded step: the slowest rank's."""
+        return max_float(seconds) if self.world > 1 else seconds

@@ -131,3 +131,11 @@ def make_encoder(name: str) -> Encoder:
     if name not in ENCODERS:
         raise RobustSNNError(f"unknown encoding {name!r}; choose one of: {', '.join(ENCODERS)}")
     return ENCODERS[name]()
+
+
+def is_stochastic(model: object) -> bool:
+    """True if ``model`` (or the model a wrapper forwards to) draws its input spikes at random.
+
+    Such a model needs EOT gradients and averaged predictions (Athalye et al. 2018).
+    """
+    return bool(getattr(getattr(model, "encoder", None), "stochastic", False))

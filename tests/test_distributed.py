@@ -178,7 +178,7 @@ def test_sharded_sweep_writes_the_single_process_rows(tiny_checkpoint, data_dir,
 
 
 def test_chunks_deal_round_robin_and_cover_every_sample_once():
-    from robust_snn.attacks.evaluate import Chunks
+    from robust_snn.distributed import Chunks
 
     parts = [Chunks(10, 3, rank=r, world=3) for r in range(3)]
     assert [[c for c, _ in p.mine()] for p in parts] == [[0, 3], [1], [2]]

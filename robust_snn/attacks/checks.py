@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..encoders import is_stochastic
+
 TOL_BOUND = 1e-5
 
 
@@ -33,7 +35,7 @@ def check_model(model: torch.nn.Module, attacked: torch.nn.Module, x: torch.Tens
     out = []
     out.append(_check("model in eval mode", not was_training,
                       "the model is in training mode (dropout/batch-norm change outputs); call model.eval()" if was_training else "ok"))
-    stochastic = bool(getattr(getattr(model, "encoder", None), "stochastic", False))
+    stochastic = is_stochastic(model)
     if stochastic:
         msg = f"the model is randomized (stochastic encoder); gradients are averaged over {eot_samples} draws (EOT) and accuracy over several forward samples"
         warnings.warn(msg, RobustnessWarning, stacklevel=2)

@@ -14,8 +14,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..errors import RobustSNNError
+from ..encoders import is_stochastic
 from ..evaluation import DEFAULT_STOCHASTIC_SAMPLES
 from .. import distributed
+from ..distributed import Chunks
 from ..stats import fraction, wilson_interval
 from ..neurons import use_surrogate
 from ..surrogates import ENSEMBLE, canonical
@@ -197,7 +199,7 @@ def evaluate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    stochastic = bool(getattr(getattr(model, "encoder", None), "stochastic", False))
+    stochastic = is_stochastic(model)
     for opt, value in (("--eot-samples", eot_samples), ("--samples", samples)):
         if value is not None and value < 1:
             raise RobustSNNError(f"{opt} must be >= 1, got {value}")
@@ -443,48 +445,6 @@ def _convergence(jobs: List[_Job], robust_masks: Dict[tuple, torch.Tensor], x: t
 
 #: chunk ``c`` of an evaluation reseeds its RNGs with ``seed + CHUNK_SEED_STRIDE * c``
 CHUNK_SEED_STRIDE = 1_000_003
-
-
-class Chunks:
-    """Fixed chunks ``[a, b)`` of ``batch_size`` consecutive samples; chunk ``c`` belongs to rank ``c % world``.
-
-    The unit of work and of randomness: each chunk is computed on its own, with the
-    RNGs reseeded for it, so a result does not depend on how chunks are spread over
-    processes. :meth:`gather` sums every rank's own rows into the full tensor.
-    """
-
-    def __init__(self, n: int, batch_size: int, *, rank: int = 0, world: int = 1) -> None:
-        self.n, self.rank, self.world = n, rank, world
-        self.all = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
-        self.owned = torch.zeros(n, dtype=torch.bool)
-        for _, (a, b) in self.mine():
-            self.owned[a:b] = True
-
-    def mine(self) -> List[tuple]:
-        """``(chunk index, (a, b))`` for this rank's chunks."""
-        return [(c, ab) for c, ab in enumerate(self.all) if c % self.world == self.rank]
-
-    def map(self, fn, reseed) -> torch.Tensor:
-        """``fn(a, b)`` on this rank's chunks (reseeded per chunk), as a full-length tensor (zeros elsewhere)."""
-        out: Optional[torch.Tensor] = None
-        for c, (a, b) in self.mine():
-            reseed(c)
-            part = fn(a, b)
-            if out is None:
-                out = torch.zeros((self.n, *part.shape[1:]), dtype=part.dtype)
-            out[a:b] = part
-        if out is None:  # a rank without chunks (fewer chunks than ranks) still takes part in gather
-            part = fn(0, min(self.n, 1))
-            out = torch.zeros((self.n, *part.shape[1:]), dtype=part.dtype)
-        return out
-
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        """The full tensor from every rank's own rows (unchanged when not sharded)."""
-        return distributed.sum_rows(t, self.owned) if self.world > 1 else t
-
-    def wall(self, seconds: float) -> float:
-        """Wall time of a sharded step: the slowest rank's."""
-        return distributed.max_float(seconds) if self.world > 1 else seconds
 
 
 def _detector_scores(model: torch.nn.Module, x: torch.Tensor, chunks: "Chunks", reseed) -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RobustSNNError
+from ..encoders import is_stochastic
 from .base import Detector
 
 FEATURES = ("flips", "latency", "window", "margin", "resample")
@@ -108,7 +109,7 @@ class TemporalConsistencyDetector(Detector):
             raise RobustSNNError(f"tcc draws must be >= 1, got {draws}")
         object.__setattr__(self, "_model", model)  # not a submodule: the model is owned elsewhere
         self.windows = int(windows)
-        self.stochastic = bool(getattr(getattr(model, "encoder", None), "stochastic", False))
+        self.stochastic = is_stochastic(model)
         self.draws = int(draws) if self.stochastic else 1
         nf = 5 if self.stochastic else 4
         dev = next(model.parameters()).device
