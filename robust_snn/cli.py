@@ -110,7 +110,12 @@ def main(ctx: click.Context, verbose: int) -> None:
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--scheduler", default="cosine", show_default=True, help="cosine, step or none.")
 @click.option("--loss", default="ce", show_default=True, help="ce (cross-entropy on spike counts) or mse (spike-count MSE).")
+@click.option("--neuron", default="lif", show_default=True, help="Spiking neuron: lif, alif (adaptive threshold) or synaptic "
+              "(current-based); see `robust-snn info`.")
 @click.option("--beta", type=float, default=0.5, show_default=True, help="Membrane decay.")
+@click.option("--alpha", type=float, default=0.9, show_default=True,
+              help="synaptic: synaptic-current decay; alif: decay of the threshold adaptation.")
+@click.option("--adapt", type=float, default=0.2, show_default=True, help="alif: threshold increase per spike.")
 @click.option("--threshold", type=float, default=1.0, show_default=True)
 @click.option("--reset", "reset_mechanism", default="subtract", show_default=True, help="subtract, zero or none.")
 @click.option("--surrogate", default="fast_sigmoid:slope=25", show_default=True, help="Training surrogate, e.g. atan:alpha=2.")
@@ -139,7 +144,8 @@ def main(ctx: click.Context, verbose: int) -> None:
 @device_option
 @_user_errors
 def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, out: str, batch_size: int, lr: float,
-          optimizer: str, weight_decay: float, scheduler: str, loss: str, beta: float, threshold: float,
+          optimizer: str, weight_decay: float, scheduler: str, loss: str, neuron: str, beta: float, alpha: float, adapt: float,
+          threshold: float,
           reset_mechanism: str, surrogate: str, dropout: Optional[float], channels: Optional[str], hidden: Optional[str],
           readout: str, seed: int, val_split: float, limit: Optional[int], test_limit: Optional[int], augment_shift: int, adv: str,
           adv_eps: float, adv_steps: int, adv_alpha: Optional[float], adv_warmup: int, trades_beta: float, noise_sigma: float,
@@ -152,7 +158,8 @@ def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, o
     from .training import TrainSettings, train as train_fn
 
     model_config = {
-        "arch": arch, "num_steps": num_steps, "encoding": encoding, "beta": beta, "threshold": threshold,
+        "arch": arch, "num_steps": num_steps, "encoding": encoding, "neuron": neuron, "beta": beta, "alpha": alpha, "adapt": adapt,
+        "threshold": threshold,
         "reset_mechanism": reset_mechanism, "surrogate": surrogate, "dropout": dropout,
         "channels": _int_list(channels, "--channels"), "hidden": _int_list(hidden, "--hidden"), "readout": readout,
     }
@@ -598,6 +605,7 @@ def info(as_json: bool) -> None:
         _echo_json(data)
         return
     click.echo("models:     " + ", ".join(data["models"]))
+    click.echo("neurons:    " + "; ".join(f"{k}: {v}" for k, v in data["neurons"].items()))
     click.echo("encoders:   " + ", ".join(f"{k}{' (stochastic)' if v['stochastic'] else ''}" for k, v in data["encoders"].items()))
     click.echo("datasets:   " + ", ".join(data["datasets"]))
     click.echo("surrogates: " + ", ".join(data["surrogates"]) + "; attack-only: " + ", ".join(data["attack_gradients"]))

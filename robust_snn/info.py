@@ -7,6 +7,7 @@ from .data import DATASETS
 from .encoders import ENCODERS
 from .errors import RobustSNNError
 from .models import ARCHITECTURES
+from .neurons import NEURON_DESCRIPTIONS
 from .surrogates import SPECIAL_GRADIENTS, SURROGATES, canonical
 
 
@@ -16,6 +17,7 @@ def gather_info() -> Dict[str, Any]:
 
     data: Dict[str, Any] = {
         "models": list(ARCHITECTURES),
+        "neurons": dict(NEURON_DESCRIPTIONS),
         "encoders": {k: {"stochastic": v.stochastic} for k, v in ENCODERS.items()},
         "datasets": list(DATASETS),
         "surrogates": [canonical(k) for k in SURROGATES],

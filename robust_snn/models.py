@@ -17,7 +17,7 @@ from torch import nn
 
 from .encoders import Encoder, make_encoder
 from .errors import RobustSNNError
-from .neurons import LIF, RESET_MECHANISMS
+from .neurons import NEURONS, RESET_MECHANISMS, SpikingNeuron, make_neuron
 from .surrogates import canonical
 
 ARCHITECTURES = ("csnn", "csnn-deep", "fcsnn")
@@ -36,6 +36,9 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "beta": 0.5,
     "threshold": 1.0,
     "reset_mechanism": "subtract",
+    "neuron": "lif",
+    "alpha": 0.9,  # synaptic-current decay (synaptic) or threshold-adaptation decay (alif)
+    "adapt": 0.2,  # threshold step per spike (alif)
     "surrogate": "fast_sigmoid:slope=25",
     "encoding": "direct",
     "num_steps": 8,
@@ -102,6 +105,12 @@ def full_config(**overrides: Any) -> Dict[str, Any]:
     if not 0 < float(cfg["threshold"]) < float("inf"):
         raise RobustSNNError(f"threshold must be a positive finite number, got {cfg['threshold']}")
     check_num_steps(cfg["num_steps"])
+    if cfg["neuron"] not in NEURONS:
+        raise RobustSNNError(f"unknown neuron {cfg['neuron']!r}; choose one of: {', '.join(NEURONS)}")
+    if not 0.0 <= float(cfg["alpha"]) <= 1.0:
+        raise RobustSNNError(f"alpha must be in [0, 1], got {cfg['alpha']}")
+    if not 0.0 <= float(cfg["adapt"]) < float("inf"):
+        raise RobustSNNError(f"adapt must be a finite number >= 0, got {cfg['adapt']}")
     if not 0.0 <= float(cfg["dropout"]) < 1.0:
         raise RobustSNNError(f"dropout must be in [0, 1), got {cfg['dropout']}")
     make_encoder(cfg["encoding"])  # validates the name
@@ -122,8 +131,8 @@ class Recording:
 
     Attributes:
         names: layer names, input to output.
-        spikes: list of ``[T, B, ...]`` spike trains, one per LIF layer.
-        mems: list of ``[T, B, ...]`` membrane potentials, one per LIF layer.
+        spikes: list of ``[T, B, ...]`` spike trains, one per spiking layer.
+        mems: list of ``[T, B, ...]`` membrane potentials, one per spiking layer.
         input_seq: ``[T, B, C, H, W]`` encoded input (for direct encoding the
             input current before the first layer, i.e. the normalized image).
     """
@@ -135,9 +144,9 @@ class Recording:
 
 
 class Stage(nn.Module):
-    """Stateless layers followed by one LIF layer."""
+    """Stateless layers followed by one spiking layer (named ``lif`` for every neuron type: checkpoint keys)."""
 
-    def __init__(self, layers: Sequence[nn.Module], lif: LIF) -> None:
+    def __init__(self, layers: Sequence[nn.Module], lif: SpikingNeuron) -> None:
         super().__init__()
         self.layers = nn.Sequential(*layers)
         self.lif = lif
@@ -183,19 +192,15 @@ class SpikingClassifier(nn.Module):
 
     # -- helpers -------------------------------------------------------------------------
     @property
-    def lif_layers(self) -> List[LIF]:
-        """All LIF layers, input to output."""
-        return [m for m in self.modules() if isinstance(m, LIF)]
+    def lif_layers(self) -> List[SpikingNeuron]:
+        """All spiking layers (LIF, ALIF, Synaptic, ...), input to output."""
+        return [m for m in self.modules() if isinstance(m, SpikingNeuron)]
 
     def reset_state(self) -> None:
-        """Clear neuron state of every LIF layer (walks ``self.modules()``)."""
+        """Clear the state of every spiking layer (walks ``self.modules()``)."""
         for m in self.modules():
-            if isinstance(m, LIF):
-                m.last_mem = None
-                if m.neuron.mem.numel() or m.neuron.mem.is_inference():
-                    # a normal tensor even under inference_mode: DDP syncs buffers and cannot read inference tensors
-                    with torch.inference_mode(False):
-                        m.neuron.mem = torch.zeros(0, device=m.neuron.mem.device)
+            if isinstance(m, SpikingNeuron):
+                m.reset()
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalization for direct encoding (rate/latency encode the raw [0, 1] image)."""
@@ -340,7 +345,7 @@ def unchecked_inputs(*models: nn.Module) -> Iterator[None]:
 
 
 def _stage_plan(cfg: Dict[str, Any]) -> List[Tuple[str, List[nn.Module]]]:
-    """(name, stateless layers) per stage; each stage ends in a LIF layer."""
+    """(name, stateless layers) per stage; each stage ends in a spiking layer."""
     c_in = cfg["in_channels"]
     h, w = cfg["image_size"]
     k = cfg["num_classes"]
@@ -380,11 +385,14 @@ def _build_stages(cfg: Dict[str, Any]) -> List[Stage]:
     return [
         Stage(
             layers,
-            LIF(
+            make_neuron(
+                cfg["neuron"],
                 beta=float(cfg["beta"]),
                 threshold=float(cfg["threshold"]),
                 surrogate=cfg["surrogate"],
                 reset_mechanism=cfg["reset_mechanism"],
+                alpha=float(cfg["alpha"]),
+                adapt=float(cfg["adapt"]),
             ),
         )
         for _, layers in _stage_plan(cfg)

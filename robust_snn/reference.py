@@ -2,17 +2,19 @@
 
 Step by step as in the snnTorch tutorials: at every time step every layer is
 recomputed (the first convolution included) and each ``snn.Leaky`` is called
-once. Used as the correctness reference for the layer-by-layer simulation and
+once (``Synaptic`` for synaptic layers; ALIF, which snnTorch lacks, runs its own step). Used as the correctness reference for the layer-by-layer simulation and
 as the speed baseline in ``benchmarks/``.
 """
 from __future__ import annotations
 
 from typing import List, Optional
 
+import snntorch as snn
 import torch
 from torch import nn
 
 from .models import SpikingClassifier
+from .neurons import ALIF, SpikingNeuron
 
 
 def step_by_step_forward(model: SpikingClassifier, x: torch.Tensor, *, num_steps: Optional[int] = None,
@@ -32,20 +34,37 @@ def step_by_step_forward(model: SpikingClassifier, x: torch.Tensor, *, num_steps
     xin = model.preprocess(x)
     if x_seq is None:
         x_seq = model.encoder(xin, T) if not model.encoder.static else xin.unsqueeze(0).expand(T, *xin.shape)
-    mems: List[Optional[torch.Tensor]] = [None] * len(model.stages)
+    states: List[Optional[tuple]] = [None] * len(model.stages)
     out_spk, out_mem = [], []
     for t in range(T):
         h = x_seq[t]
         for i, stage in enumerate(model.stages):
             cur = stage.layers(h)
-            if mems[i] is None:
-                mems[i] = torch.zeros_like(cur)
-            h, mems[i] = stage.lif.neuron(cur, mems[i])
+            h, states[i] = _snntorch_step(stage.lif, cur, states[i])
         out_spk.append(h)
-        out_mem.append(mems[-1])
+        out_mem.append(states[-1][-1])
     if model.readout == "count":
         return torch.stack(out_spk).sum(0)
     return torch.stack(out_mem).mean(0)
+
+
+def _snntorch_step(layer: SpikingNeuron, cur: torch.Tensor, state: Optional[tuple]) -> tuple:
+    """One step of ``layer``'s own snnTorch neuron (``Leaky``, ``Synaptic``); ALIF, which snnTorch lacks, steps itself.
+
+    Returns ``(spk, state)`` with the membrane potential last in ``state``.
+    """
+    neuron = layer.neuron
+    if isinstance(layer, ALIF):
+        full = state[0] if state is not None else layer.init_state(cur)
+        spk, full = layer.step(cur, full)
+        return spk, (full, full[0])
+    if isinstance(neuron, snn.Synaptic):
+        syn, mem = state if state is not None else (torch.zeros_like(cur), torch.zeros_like(cur))
+        spk, syn, mem = neuron(cur, syn, mem)
+        return spk, (syn, mem)
+    mem = state[0] if state is not None else torch.zeros_like(cur)
+    spk, mem = neuron(cur, mem)
+    return spk, (mem,)
 
 
 class StepByStepModel(nn.Module):

@@ -1,4 +1,4 @@
-"""Multi-step leaky integrate-and-fire layer built on :class:`snntorch.Leaky`.
+"""Leaky integrate-and-fire (LIF) neurons built on :class:`snntorch.Leaky`, with a fused kernel.
 
 The snnTorch neuron holds the parameters (beta, threshold, reset mechanism,
 surrogate); :class:`LIF` runs its recurrence over a whole ``[T, B, ...]``
@@ -7,16 +7,14 @@ sequence at once (SpikingJelly's multi-step mode) with exactly the update of
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import snntorch as snn
 import torch
-from torch import nn
 
-from .surrogates import SPECIAL_GRADIENTS, make_spike_fn, parse_spec
+from ..surrogates import make_spike_fn
+from .base import SpikingNeuron, State, reset_signal
 
-RESET_MECHANISMS = ("subtract", "zero", "none")
 _RESET_CODE = {"subtract": 0, "zero": 1, "none": 2}
 
 
@@ -155,8 +153,13 @@ class _FusedLIF(torch.autograd.Function):
         return (g_sum if ctx.static else g_cur), None, None, None, None, None, None, None
 
 
-class LIF(nn.Module):
-    """Leaky integrate-and-fire neurons over time.
+class LIF(SpikingNeuron):
+    """Leaky integrate-and-fire neurons over time (snnTorch's ``Leaky``).
+
+    ``mem[t] = beta * mem[t-1] + cur[t] - s[t-1] * threshold`` (reset by subtraction;
+    ``zero`` and ``none`` as in snnTorch), ``s[t] = H(mem[t] - threshold)``. The
+    multi-step forward runs a fused whole-sequence kernel with a hand-written exact BPTT
+    backward; ``fused = False`` runs the reference loop.
 
     Shape:
         - Input: ``cur_seq`` ``[T, B, ...]`` input currents.
@@ -173,6 +176,8 @@ class LIF(nn.Module):
     Lessons From Deep Learning", https://arxiv.org/abs/2109.12894
     """
 
+    name = "lif"
+
     def __init__(
         self,
         *,
@@ -181,9 +186,7 @@ class LIF(nn.Module):
         surrogate: str = "fast_sigmoid:slope=25",
         reset_mechanism: str = "subtract",
     ) -> None:
-        super().__init__()
-        if reset_mechanism not in RESET_MECHANISMS:
-            raise ValueError(f"reset_mechanism must be one of {RESET_MECHANISMS}")
+        super().__init__(reset_mechanism=reset_mechanism)
         self.neuron = snn.Leaky(
             beta=beta,
             threshold=threshold,
@@ -196,42 +199,28 @@ class LIF(nn.Module):
             snn.SpikingNeuron.instances.remove(self.neuron)
         except (AttributeError, ValueError):
             pass
-        self.reset_mechanism = reset_mechanism
-        #: "surrogate" (exact BPTT with the neuron's spike_grad) or "rate" (BPTR/RGA).
-        self.grad_mode = "surrogate"
-        self.last_mem: Optional[torch.Tensor] = None
-        self.record = False
-        #: use the fused whole-sequence autograd function (False: plain autograd loop, the reference)
-        self.fused = True
 
-    def extra_repr(self) -> str:
-        return f"reset={self.reset_mechanism}, grad_mode={self.grad_mode}"
+    def init_state(self, like: torch.Tensor) -> State:
+        return (torch.zeros_like(like),)
 
-    def set_surrogate(self, spec: Optional[str]) -> Tuple[Any, str]:
-        """Route this layer's gradients through ``spec``; the forward pass is unchanged.
+    def threshold_value(self) -> torch.Tensor:
+        return self.neuron.threshold
 
-        Args:
-            spec: a surrogate spec (``"atan:alpha=2"``), ``"rate"`` (the rate-based
-                gradient, BPTR/RGA), or ``None`` to keep the current one.
+    def step(self, cur: torch.Tensor, state: State, spike_fn=None) -> Tuple[torch.Tensor, State]:
+        """``snn.Leaky.forward`` for one step (``reset_delay=True``)."""
+        (mem,) = state
+        beta = self.neuron.beta.clamp(0, 1).to(cur.dtype)
+        thr = self.neuron.threshold.to(cur.dtype)
+        r = reset_signal(mem, thr)
+        if self.reset_mechanism == "subtract":
+            mem = beta * mem + cur - r * thr
+        elif self.reset_mechanism == "zero":
+            mem = beta * ((1 - r) * mem) + cur
+        else:
+            mem = beta * mem + cur
+        return (spike_fn or self.spike_grad)(mem - thr), (mem,)
 
-        Returns:
-            The previous setting, for :meth:`restore_surrogate`.
-        """
-        previous = (self.neuron.spike_grad, self.grad_mode)
-        if spec is not None:
-            name, _ = parse_spec(spec)
-            if name in SPECIAL_GRADIENTS:
-                self.grad_mode = name
-            else:
-                self.neuron.spike_grad = make_spike_fn(spec)
-                self.grad_mode = "surrogate"
-        return previous
-
-    def restore_surrogate(self, previous: Tuple[Any, str]) -> None:
-        """Undo :meth:`set_surrogate` with the setting it returned."""
-        self.neuron.spike_grad, self.grad_mode = previous
-
-    def _loop(self, cur_seq: torch.Tensor, spike_fn, num_steps: Optional[int] = None) -> tuple:
+    def simulate(self, cur_seq: torch.Tensor, spike_fn, num_steps: Optional[int] = None) -> tuple:
         """Run the recurrence; ``num_steps`` set means ``cur_seq`` is one static ``[B, ...]`` input."""
         beta = self.neuron.beta.clamp(0, 1).to(cur_seq.dtype)
         thr = self.neuron.threshold.to(cur_seq.dtype)
@@ -246,63 +235,3 @@ class LIF(nn.Module):
                 cur_seq = cur_seq.unsqueeze(0).expand(int(num_steps), *cur_seq.shape)
             spk_seq, mem_seq = _lif_forward(cur_seq, beta, thr, reset, spike_fn)
         return spk_seq, (mem_seq if self.record else None)
-
-    def forward(self, cur_seq: torch.Tensor) -> torch.Tensor:
-        """Spike trains ``[T, B, ...]``; with ``record`` set, membranes go to ``last_mem``."""
-        if self.grad_mode == "rate" and torch.is_grad_enabled() and cur_seq.requires_grad:
-            spk_seq = self._rate_forward(cur_seq)
-        else:
-            spk_seq, self.last_mem = self._loop(cur_seq, self.neuron.spike_grad)
-        return spk_seq
-
-    def forward_static(self, cur: torch.Tensor, num_steps: int) -> torch.Tensor:
-        """Spike trains ``[T, B, ...]`` for the same input current ``cur`` ``[B, ...]`` at every step.
-
-        Equal to ``forward(cur.expand(T, ...))``, without materializing the ``[T, B, ...]``
-        input or its gradient (the gradient to ``cur`` is summed over time in the loop).
-        """
-        if self.grad_mode == "rate" and torch.is_grad_enabled() and cur.requires_grad:
-            return self._rate_forward(cur.unsqueeze(0).expand(int(num_steps), *cur.shape))
-        spk_seq, self.last_mem = self._loop(cur, self.neuron.spike_grad, num_steps)
-        return spk_seq
-
-    def _rate_forward(self, cur_seq: torch.Tensor) -> torch.Tensor:
-        """Exact spikes forward; gradient of the firing rate w.r.t. the mean input.
-
-        The rate of an (integrate-and-fire-like) neuron is approximated by
-        ``relu(mean(I) / threshold)``; its gradient is spread evenly
-        over time steps (BPTR, Ding et al. 2022, https://arxiv.org/abs/2205.09876;
-        RGA, Bu et al. 2023, https://arxiv.org/abs/2305.00784).
-        """
-        with torch.no_grad():
-            spk_seq, self.last_mem = self._loop(cur_seq, self.neuron.spike_grad)
-        thr = self.neuron.threshold.to(cur_seq.dtype)
-        proxy = torch.relu(cur_seq.mean(0) / thr)
-        if self.last_mem is not None:  # membrane readout / recording: identity gradient to the input current
-            self.last_mem = self.last_mem + (cur_seq - cur_seq.detach())
-        return spk_seq + (proxy - proxy.detach()).unsqueeze(0)
-
-
-@contextlib.contextmanager
-def use_surrogate(model: nn.Module, spec: Optional[str]) -> Iterator[None]:
-    """Temporarily change how gradients pass through every LIF layer of ``model``.
-
-    The forward pass is unchanged; only the backward of the spike function changes
-    (``spec="rate"`` switches to the rate-based gradient). The previous setting is
-    restored on exit, also when the body raises.
-
-    Args:
-        model: any module containing :class:`LIF` layers.
-        spec: surrogate spec, ``"rate"``, or ``None`` to keep the model's own.
-    """
-    if spec is None:
-        yield
-        return
-    parse_spec(spec)  # validate before touching any layer
-    layers = [m for m in model.modules() if isinstance(m, LIF)]
-    saved = [m.set_surrogate(spec) for m in layers]
-    try:
-        yield
-    finally:
-        for m, previous in zip(layers, saved):
-            m.restore_surrogate(previous)
