@@ -606,6 +606,7 @@ def info(as_json: bool) -> None:
         return
     click.echo("models:     " + ", ".join(data["models"]))
     click.echo("neurons:    " + "; ".join(f"{k}: {v}" for k, v in data["neurons"].items()))
+    click.echo("threats:    " + "; ".join(f"{k}: {v['description']} (budget: {v['units']})" for k, v in data["threat_models"].items()))
     click.echo("encoders:   " + ", ".join(f"{k}{' (stochastic)' if v['stochastic'] else ''}" for k, v in data["encoders"].items()))
     click.echo("datasets:   " + ", ".join(data["datasets"]))
     click.echo("surrogates: " + ", ".join(data["surrogates"]) + "; attack-only: " + ", ".join(data["attack_gradients"]))

@@ -9,6 +9,7 @@ from .errors import RobustSNNError
 from .models import ARCHITECTURES
 from .neurons import NEURON_DESCRIPTIONS
 from .surrogates import SPECIAL_GRADIENTS, SURROGATES, canonical
+from .threat import THREAT_MODELS
 
 
 def gather_info() -> Dict[str, Any]:
@@ -18,6 +19,7 @@ def gather_info() -> Dict[str, Any]:
     data: Dict[str, Any] = {
         "models": list(ARCHITECTURES),
         "neurons": dict(NEURON_DESCRIPTIONS),
+        "threat_models": {k: t.describe() for k, t in THREAT_MODELS.items()},
         "encoders": {k: {"stochastic": v.stochastic} for k, v in ENCODERS.items()},
         "datasets": list(DATASETS),
         "surrogates": [canonical(k) for k in SURROGATES],

@@ -6,7 +6,6 @@ every attack of that norm failed on it.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -21,6 +20,7 @@ from ..distributed import Chunks
 from ..stats import fraction, wilson_interval
 from ..neurons import use_surrogate
 from ..surrogates import ENSEMBLE, canonical
+from ..threat import THREAT_MODELS
 from .checks import TOL_BOUND, check_convergence, check_model, check_results
 from .eot import EOT
 from .guard import GradGuard
@@ -177,11 +177,9 @@ def evaluate(
     eps = unique_budgets(eps)
     eps_l2 = unique_budgets(eps_l2 if eps_l2 is not None else DEFAULT_EPS_L2)
     for e in eps:
-        if not 0.0 <= e <= 1.0 or math.isnan(e):
-            raise RobustSNNError(f"eps must be in [0, 1] (L∞ on the [0, 1] pixel scale), got {e}")
+        THREAT_MODELS["Linf"].check_budget(e)
     for e in eps_l2:
-        if not e >= 0.0 or math.isinf(e):
-            raise RobustSNNError(f"L2 eps must be a finite number >= 0, got {e}")
+        THREAT_MODELS["L2"].check_budget(e)
     if not bool(torch.isfinite(x).all()):
         raise RobustSNNError("images contain NaN or inf values")
     if float(x.min()) < 0.0 or float(x.max()) > 1.0:
@@ -268,10 +266,10 @@ def evaluate(
             cumulative = correct if key not in robust_masks else (robust_masks[key] & correct)
             # what this job broke: of the clean-correct samples (an attack of its own), of the survivors (a cascade stage)
             robust_before = robust_masks.get(key, clean_correct) if job.cascade else clean_correct
-            delta = (x_adv - x).flatten(1)
-            linf = delta.abs().max(1).values
-            l2 = delta.norm(dim=1)
-            bound = linf if spec.norm == "Linf" else l2
+            linf = THREAT_MODELS["Linf"].distance(x_adv, x)
+            l2 = THREAT_MODELS["L2"].distance(x_adv, x)
+            threat = spec.threat
+            bound = threat.distance(x_adv, x)
             # perturbation statistics over the samples this job attacked (a cascade stage: its survivors only)
             stat_mask = clean_correct if active is None else (clean_correct & active)
             attacked_any = bool(stat_mask.any())
@@ -300,7 +298,7 @@ def evaluate(
                 "seconds": seconds,
                 "img_per_s": n / seconds if seconds > 0 else float("nan"),
                 "within_bound": bool((bound <= e + TOL_BOUND).all().item()),
-                "in_range": bool((x_adv.min() >= 0).item() and (x_adv.max() <= 1).item()),
+                "in_range": threat.in_domain(x_adv),
                 "iterative": spec.iterative,
                 "gradient_free": spec.gradient_free,
                 "minimum_norm": spec.minimum_norm,

@@ -13,6 +13,7 @@ import torch
 import torchattacks
 
 from ..errors import RobustSNNError
+from ..threat import ThreatModel, get_threat_model
 from .consistency_pgd import ConsistencyPGD
 from .cw import CW
 
@@ -23,7 +24,7 @@ class AttackSpec:
 
     Attributes:
         name: CLI name.
-        norm: ``"Linf"`` or ``"L2"``.
+        norm: the name of its threat model in :data:`robust_snn.threat.THREAT_MODELS` (``"Linf"``, ``"L2"``).
         description: one line for ``robust-snn info``.
         defaults: default hyperparameters (shown by ``info``).
         build: ``(model, eps, params, n_classes, eot_samples) -> torchattacks.Attack``.
@@ -48,6 +49,11 @@ class AttackSpec:
     uses_own_eot: bool = False
     needs_detector: bool = False
     paper: str = ""
+
+    @property
+    def threat(self) -> ThreatModel:
+        """The threat model of :attr:`norm` (budget units and checks, distance, projection, input domain)."""
+        return get_threat_model(self.norm)
 
 
 def _alpha(eps: float, p: Dict[str, Any]) -> float:

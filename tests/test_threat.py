@@ -1,0 +1,62 @@
+"""Threat models: budgets, distances, projections and input domains (deterministic extremes)."""
+import pytest
+import torch
+
+from robust_snn.attacks.registry import ATTACKS
+from robust_snn.errors import RobustSNNError
+from robust_snn.threat import THREAT_MODELS, get_threat_model
+
+
+def _images(seed=0, shape=(6, 1, 8, 8)):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name, eps", [("Linf", 0.1), ("L2", 0.7)])
+def test_projection_lands_inside_the_budget_and_the_image_range(name, eps):
+    tm = THREAT_MODELS[name]
+    x = _images()
+    far = x + 3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    p = tm.project(far, x, eps)
+    assert tm.within(p, x, eps) and tm.in_domain(p)
+    assert tm.distance(p, x).max() > 0.9 * eps  # it moved as far as allowed, not to x
+    inside = tm.project(x + 0.5 * (p - x), x, eps)
+    assert torch.allclose(inside, x + 0.5 * (p - x), atol=1e-6)  # a point inside stays put
+    assert torch.equal(tm.distance(x, x), torch.zeros(len(x)))
+
+
+def test_distances_on_known_perturbations():
+    x = torch.zeros(2, 1, 2, 2)
+    x_adv = x.clone()
+    x_adv[0, 0, 0, 0], x_adv[0, 0, 1, 1] = 0.3, 0.4
+    assert THREAT_MODELS["Linf"].distance(x_adv, x).tolist() == pytest.approx([0.4, 0.0])
+    assert THREAT_MODELS["L2"].distance(x_adv, x).tolist() == pytest.approx([0.5, 0.0])
+
+
+def test_l0_event_budget_counts_flips_and_keeps_the_largest_changes():
+    tm = get_threat_model("L0")
+    x = (torch.rand(3, 4, 2, 5, 5, generator=torch.Generator().manual_seed(2)) > 0.7).float()  # [B, T, P, H, W]
+    x_adv = x.clone()
+    x_adv[0, 0, 0, 0, :3] = 1 - x_adv[0, 0, 0, 0, :3]  # three flips
+    assert tm.distance(x_adv, x).tolist() == [3.0, 0.0, 0.0] and tm.in_domain(x_adv)
+    soft = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    soft[1, 2, 1, 3, 3] = 1 - x[1, 2, 1, 3, 3] + 0.0  # the one decisive change
+    p = tm.project(soft, x, 1)
+    d = tm.distance(p, x)
+    assert tm.in_domain(p) and (d <= 1).all() and d[1] == 1  # at most one flip each; sample 1 keeps its decisive one
+    assert p[1, 2, 1, 3, 3] == 1 - x[1, 2, 1, 3, 3]
+    assert not tm.in_domain(soft)
+    with pytest.raises(RobustSNNError, match="whole number of events"):
+        tm.check_budget(2.5)
+
+
+def test_budget_validation_messages():
+    with pytest.raises(RobustSNNError, match=r"eps must be in \[0, 1\]"):
+        THREAT_MODELS["Linf"].check_budget(float("nan"))
+    with pytest.raises(RobustSNNError, match="L2 eps must be a finite number"):
+        THREAT_MODELS["L2"].check_budget(float("inf"))
+    with pytest.raises(RobustSNNError, match="unknown threat model 'L1'"):
+        get_threat_model("L1")
+
+
+def test_every_attack_names_a_known_threat_model():
+    assert {a.threat.name for a in ATTACKS.values()} == {"Linf", "L2"}
