@@ -60,3 +60,21 @@ def test_budget_validation_messages():
 
 def test_every_attack_names_a_known_threat_model():
     assert {a.threat.name for a in ATTACKS.values()} == {"Linf", "L2"}
+
+
+def test_one_pgd_core_one_step_size_rule(tiny_model, eval_batch):
+    from robust_snn.attacks.registry import _PGD_DEFAULTS, _alpha
+    from robust_snn.defenses.adversarial import craft, default_alpha
+    from robust_snn.pgd import PGD_STEP_SCALE, linf_pgd, step_size, uniform_start
+
+    assert default_alpha("pgd", 0.3, 7) == step_size(0.3, 7) == _alpha(0.3, {**_PGD_DEFAULTS, "steps": 7}) == PGD_STEP_SCALE * 0.3 / 7
+    x, y = eval_batch[0][:8], eval_batch[1][:8]
+    torch.manual_seed(0)
+    ours = craft(tiny_model, x, y, method="pgd", eps=0.1, steps=4)
+    torch.manual_seed(0)
+    core = linf_pgd(lambda z: torch.nn.functional.cross_entropy(tiny_model(z), y), x, uniform_start(x, 0.1), eps=0.1,
+                    alpha=step_size(0.1, 4), steps=4)
+    assert torch.equal(ours, core)  # adversarial training crafts with the core
+    assert THREAT_MODELS["Linf"].within(core, x, 0.1) and THREAT_MODELS["Linf"].in_domain(core)
+    with torch.no_grad():
+        assert (tiny_model(core).argmax(1) == y).sum() < (tiny_model(x).argmax(1) == y).sum()  # it is an attack

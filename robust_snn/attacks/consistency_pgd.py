@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import torchattacks
 
 from ..errors import RobustSNNError
+from ..pgd import linf_step, uniform_start
 
 
 class ConsistencyPGD(torchattacks.attack.Attack):
@@ -70,7 +71,7 @@ class ConsistencyPGD(torchattacks.attack.Attack):
         best_key = torch.full((len(images),), float("inf"), device=self.device)  # lower is better
         adv = images.clone()
         if self.random_start:
-            adv = (adv + torch.empty_like(adv).uniform_(-self.eps, self.eps)).clamp(0, 1)
+            adv = uniform_start(adv, self.eps)
         for i in range(self.steps + 1):
             adv.requires_grad_(True)
             obj, hard, wrong = self._objective(adv, labels)
@@ -82,6 +83,5 @@ class ConsistencyPGD(torchattacks.attack.Attack):
             if i == self.steps:
                 break
             g = torch.autograd.grad(obj.sum(), adv)[0]
-            adv = adv.detach() + self.alpha * g.sign()
-            adv = torch.min(torch.max(adv, images - self.eps), images + self.eps).clamp(0, 1).detach()
+            adv = linf_step(adv, g, images, eps=self.eps, alpha=self.alpha)
         return best.detach()

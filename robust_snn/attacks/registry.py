@@ -13,6 +13,7 @@ import torch
 import torchattacks
 
 from ..errors import RobustSNNError
+from ..pgd import PGD_STEP_SCALE, step_size
 from ..threat import ThreatModel, get_threat_model
 from .consistency_pgd import ConsistencyPGD
 from .cw import CW
@@ -57,7 +58,7 @@ class AttackSpec:
 
 
 def _alpha(eps: float, p: Dict[str, Any]) -> float:
-    return float(p["alpha"]) if p.get("alpha") is not None else float(p["step_scale"]) * eps / int(p["steps"])
+    return float(p["alpha"]) if p.get("alpha") is not None else step_size(eps, int(p["steps"]), scale=float(p["step_scale"]))
 
 
 def _fgsm(model, eps, p, n_classes, eot):
@@ -115,7 +116,7 @@ def _autoattack(model, eps, p, n_classes, eot):
     return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=int(p["seed"]))
 
 
-_PGD_DEFAULTS = {"steps": 20, "step_scale": 2.5, "alpha": None, "random_start": True}
+_PGD_DEFAULTS = {"steps": 20, "step_scale": PGD_STEP_SCALE, "alpha": None, "random_start": True}
 
 ATTACKS: Dict[str, AttackSpec] = {
     spec.name: spec

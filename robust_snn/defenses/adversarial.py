@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RobustSNNError
+from ..pgd import linf_pgd, step_size, uniform_start
 
 ADV_METHODS = ("none", "fgsm-rs", "pgd", "trades")
 
@@ -28,7 +29,7 @@ def default_alpha(method: str, eps: float, steps: int) -> float:
     """Step size used when ``--adv-alpha`` is not given."""
     if method == "fgsm-rs":
         return 1.25 * eps
-    return 2.5 * eps / max(1, steps)
+    return step_size(eps, steps)
 
 
 def validate_adv(method: str, eps: float, steps: int, alpha: Optional[float], beta: float) -> None:
@@ -45,11 +46,6 @@ def validate_adv(method: str, eps: float, steps: int, alpha: Optional[float], be
         raise RobustSNNError(f"--adv-alpha must be a positive finite number, got {alpha}")
     if not 0 <= beta < math.inf:
         raise RobustSNNError(f"--trades-beta must be a finite number >= 0, got {beta}")
-
-
-def _input_grad(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    (g,) = torch.autograd.grad(loss, x)
-    return g
 
 
 @torch.enable_grad()
@@ -81,21 +77,11 @@ def craft(
         if method == "trades":
             with torch.no_grad():
                 p_clean = F.softmax(model(x), dim=1)
-            x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
-            for _ in range(steps):
-                x_adv.requires_grad_(True)
-                loss = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
-                g = _input_grad(loss, x_adv)
-                x_adv = torch.min(torch.max(x_adv.detach() + a * g.sign(), x - eps), x + eps).clamp(0, 1)
-            return x_adv.detach()
+            start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
+            return linf_pgd(lambda z: F.kl_div(F.log_softmax(model(z), dim=1), p_clean, reduction="sum"), x, start,
+                            eps=eps, alpha=a, steps=steps)
         n_steps = 1 if method == "fgsm-rs" else steps
-        x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
-        for _ in range(n_steps):
-            x_adv.requires_grad_(True)
-            loss = F.cross_entropy(model(x_adv), y)
-            g = _input_grad(loss, x_adv)
-            x_adv = torch.min(torch.max(x_adv.detach() + a * g.sign(), x - eps), x + eps).clamp(0, 1)
-        return x_adv.detach()
+        return linf_pgd(lambda z: F.cross_entropy(model(z), y), x, uniform_start(x, eps), eps=eps, alpha=a, steps=n_steps)
     finally:
         model.train(was_training)
 
