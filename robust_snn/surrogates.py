@@ -16,6 +16,7 @@ import torch
 from snntorch import surrogate as snn_surrogate
 
 from .errors import RobustSNNError
+from .specs import parse_value, split_spec
 
 SpikeFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -178,31 +179,18 @@ ENSEMBLE = (
 
 
 def parse_spec(spec: str) -> Tuple[str, dict]:
-    """Split ``"name:k=v,k2=v2"`` into ``(name, {k: float(v)})`` and validate it."""
-    name, _, rest = str(spec).strip().partition(":")
-    name = name.strip().replace("-", "_")
+    """Split ``"name:k=v,k2=v2"`` into ``(name, {k: float(v)})`` and validate it (see :mod:`robust_snn.specs`)."""
+    name, raw = split_spec(spec, what="surrogate")
+    name = name.replace("-", "_")
     if name not in SURROGATES and name not in SPECIAL_GRADIENTS:
         known = ", ".join(sorted(SURROGATES) + sorted(SPECIAL_GRADIENTS))
         raise RobustSNNError(f"unknown surrogate {spec!r}; choose one of: {known}")
+    allowed = SURROGATES[name][1] if name in SURROGATES else {}
     kwargs: dict = {}
-    if rest.strip():
-        allowed = SURROGATES[name][1] if name in SURROGATES else {}
-        for item in rest.split(","):
-            key, eq, value = item.partition("=")
-            key = key.strip()
-            if not eq or key not in allowed:
-                raise RobustSNNError(
-                    f"bad surrogate parameter {item!r} in {spec!r}; {name} takes: {', '.join(allowed) or 'none'}"
-                )
-            try:
-                v = float(value)
-            except ValueError:
-                raise RobustSNNError(f"surrogate parameter {key} must be a number, got {value!r}") from None
-            lo, hi, lo_ok = PARAM_RANGES[key]
-            if not math.isfinite(v) or not (v >= lo if lo_ok else v > lo) or not v < hi:
-                rng = f"{'[' if lo_ok else '('}{lo:g}, {hi:g})"
-                raise RobustSNNError(f"surrogate parameter {key} in {spec!r} must be a finite number in {rng}, got {value.strip()!r}")
-            kwargs[key] = v
+    for key, value in raw.items():
+        if key not in allowed:
+            raise RobustSNNError(f"bad surrogate parameter {key!r} in {spec!r}; {name} takes: {', '.join(allowed) or 'none'}")
+        kwargs[key] = parse_value(value, key=key, spec=str(spec), what="surrogate", range_=PARAM_RANGES[key])
     return name, kwargs
 
 

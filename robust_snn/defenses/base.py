@@ -10,12 +10,13 @@ suspicious) and rejects those above a threshold calibrated on clean data.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import RobustSNNError
+from ..specs import parse_value, split_spec
 
 
 class Preprocessor(nn.Module):
@@ -169,25 +170,6 @@ class Defended(nn.Module):
 
 
 def parse_defense_spec(text: str) -> tuple[str, Dict[str, Any]]:
-    """``"blur:sigma=1.0,kernel=5"`` -> ``("blur", {"sigma": 1.0, "kernel": 5})`` (numbers parsed)."""
-    text = text.strip()
-    if not text:
-        raise RobustSNNError("empty defense spec")
-    name, _, rest = text.partition(":")
-    params: Dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        k, eq, v = item.partition("=")
-        if not eq or not k.strip() or not v.strip():
-            raise RobustSNNError(f"bad defense parameter {item!r} in {text!r}; expected key=value")
-        try:
-            num = float(v)
-            params[k.strip()] = int(num) if num.is_integer() and "." not in v and "e" not in v.lower() else num
-        except ValueError:
-            params[k.strip()] = v.strip()
-    return name.strip().lower(), params
-
-
-def check_kwargs(name: str, params: Dict[str, Any], allowed: Iterable[str]) -> None:
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise RobustSNNError(f"unknown parameter(s) for {name}: {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    """``"blur:sigma=1.0,kernel=5"`` -> ``("blur", {"sigma": 1.0, "kernel": 5})`` (numbers parsed and finite)."""
+    name, raw = split_spec(text, what="defense")
+    return name, {k: parse_value(v, key=k, spec=text, what="defense") for k, v in raw.items()}

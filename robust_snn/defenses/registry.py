@@ -7,35 +7,33 @@ import torch
 from torch import nn
 
 from ..errors import RobustSNNError
-from .base import Defended, Detector, Preprocessor, check_kwargs, parse_defense_spec
+from ..specs import parse_params, split_spec
+from .base import Defended, Detector, Preprocessor
 from .blur import GaussianBlur
 from .quantize import Quantize
 from .tcc import TemporalConsistencyDetector
 
+#: defenses by spec name; their parameters are their constructors' keyword arguments
 PREPROCESSORS: Dict[str, Callable[..., Preprocessor]] = {"blur": GaussianBlur, "quantize": Quantize}
-PREPROCESSOR_PARAMS = {"blur": ("sigma", "kernel"), "quantize": ("bits",)}
 DETECTORS = {"tcc": TemporalConsistencyDetector}
-DETECTOR_PARAMS = {"tcc": ("fpr", "windows", "draws")}
 
 
 def make_preprocessor(spec: str) -> Optional[Preprocessor]:
     """A preprocessor from its spec; ``none`` gives ``None``."""
-    name, params = parse_defense_spec(spec)
-    if name == "none":
+    name, raw = split_spec(spec, what="defense")
+    if name == "none" and not raw:
         return None
     if name not in PREPROCESSORS:
         raise RobustSNNError(f"unknown defense {name!r}; choose from: none, {', '.join(PREPROCESSORS)}")
-    check_kwargs(name, params, PREPROCESSOR_PARAMS[name])
-    return PREPROCESSORS[name](**params)
+    return PREPROCESSORS[name](**parse_params(name, raw, PREPROCESSORS[name], spec=spec, what="defense"))
 
 
 def parse_detector_spec(spec: str) -> tuple:
     """``"tcc:fpr=0.05"`` -> ``("tcc", {"fpr": 0.05})``, checking the name and parameter names."""
-    name, params = parse_defense_spec(spec)
+    name, raw = split_spec(spec, what="detector")
     if name not in DETECTORS:
         raise RobustSNNError(f"unknown detector {name!r}; choose from: {', '.join(DETECTORS)}")
-    check_kwargs(name, params, DETECTOR_PARAMS[name])
-    return name, params
+    return name, parse_params(name, raw, DETECTORS[name], spec=spec, what="detector")
 
 
 def make_detector(spec: str, model: nn.Module) -> Detector:
