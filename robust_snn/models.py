@@ -1,8 +1,9 @@
 """The model contract (:class:`SpikingClassifier`) and the model zoo.
 
-``SpikingClassifier.forward(x)`` takes images ``[B, C, H, W]`` in [0, 1] and
-returns logits ``[B, K]`` (output spike counts by default), starting from
-reset neuron state on every call, normalizing inside the model. Any PyTorch
+``SpikingClassifier.forward(x)`` takes images ``[B, C, H, W]`` in [0, 1] (or, when the
+config says ``input = "events"``, ready spike/event tensors ``[B, T, P, H, W]`` fed to the
+first layer as they are) and returns logits ``[B, K]`` (output spike counts by default),
+starting from reset neuron state on every call, normalizing images inside the model. Any PyTorch
 tool, torchattacks included, can attack it unchanged.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .surrogates import canonical
 
 ARCHITECTURES = ("csnn", "csnn-deep", "fcsnn")
 READOUTS = ("count", "membrane")
+INPUT_KINDS = ("image", "events")
 
 #: Defaults for every config key; a checkpoint stores the full, filled-in config.
 DEFAULT_CONFIG: Dict[str, Any] = {
@@ -41,6 +43,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "adapt": 0.2,  # threshold step per spike (alif)
     "surrogate": "fast_sigmoid:slope=25",
     "encoding": "direct",
+    "input": "image",  # "image": [B, C, H, W] in [0, 1], encoded inside; "events": [B, T, P, H, W] spike/event tensors, fed as they are
     "num_steps": 8,
     "readout": "count",
     "dropout": None,  # arch default
@@ -114,6 +117,10 @@ def full_config(**overrides: Any) -> Dict[str, Any]:
     if not 0.0 <= float(cfg["dropout"]) < 1.0:
         raise RobustSNNError(f"dropout must be in [0, 1), got {cfg['dropout']}")
     make_encoder(cfg["encoding"])  # validates the name
+    if cfg["input"] not in INPUT_KINDS:
+        raise RobustSNNError(f"unknown input kind {cfg['input']!r}; choose one of: {', '.join(INPUT_KINDS)}")
+    if cfg["input"] == "events" and cfg["encoding"] != "direct":
+        raise RobustSNNError("an event-input model takes ready spike tensors: its encoding must be 'direct' (no encoder runs)")
     cfg["surrogate"] = canonical(cfg["surrogate"])
     if cfg["surrogate"] == "rate":
         raise RobustSNNError("'rate' is an attack gradient mode, not a training surrogate")
@@ -248,9 +255,12 @@ class SpikingClassifier(nn.Module):
         (randomized smoothing, noise augmentation).
         """
         cfg = self.config
+        if self.events:
+            return self._check_events(x)
         expected = (cfg["in_channels"], *cfg["image_size"])
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise RobustSNNError(f"expected input of shape [B, {', '.join(map(str, expected))}], got {list(x.shape)}")
+            hint = "; this model takes images (its config has input = 'image')" if x.dim() == 5 else ""
+            raise RobustSNNError(f"expected input of shape [B, {', '.join(map(str, expected))}], got {list(x.shape)}{hint}")
         if not x.is_floating_point():
             hint = "convert with x.float() / 255" if x.dtype == torch.uint8 else "convert to float images in [0, 1]"
             raise RobustSNNError(f"expected float images in [0, 1], got dtype {x.dtype}; {hint}")
@@ -265,6 +275,24 @@ class SpikingClassifier(nn.Module):
                 raise RobustSNNError(f"input pixel values must be in [0, 1], got min {lo:.4g}, max {hi:.4g}; {hint}")
         return x if x.dtype == self.mean.dtype else x.to(self.mean.dtype)
 
+    def _check_events(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate event tensors ``[B, T, P, H, W]`` (finite, non-negative counts); returns them as floats."""
+        cfg = self.config
+        expected = (cfg["in_channels"], *cfg["image_size"])
+        if x.dim() != 5 or tuple(x.shape[2:]) != expected:
+            raise RobustSNNError(f"expected event tensors of shape [B, T, {', '.join(map(str, expected))}], got {list(x.shape)}")
+        if not x.is_floating_point():
+            x = x.to(self.mean.dtype)  # bool or integer event counts are fine as they are
+        if self.check_inputs and x.numel() and not _capturing(x):
+            if not bool(((x >= 0) & (x < float("inf"))).all()):  # NaN fails both comparisons
+                raise RobustSNNError("event tensors must hold finite, non-negative event counts (NaN, inf or negative values found)")
+        return x if x.dtype == self.mean.dtype else x.to(self.mean.dtype)
+
+    @property
+    def events(self) -> bool:
+        """True if the model takes ready event tensors ``[B, T, P, H, W]`` instead of images."""
+        return self.config["input"] == "events"
+
     # -- simulation ----------------------------------------------------------------------
     def forward(
         self, x: torch.Tensor, *, num_steps: Optional[int] = None, record: bool = False
@@ -275,16 +303,26 @@ class SpikingClassifier(nn.Module):
         """
         x = self._check_input(x)
         self.reset_state()
-        T = check_num_steps(self.num_steps if num_steps is None else num_steps)
+        if self.events:  # the input brings its own time axis
+            if num_steps is not None and int(num_steps) != x.shape[1]:
+                raise RobustSNNError(f"num_steps={num_steps} does not match the event tensors' {x.shape[1]} time bins")
+            x_seq = x.transpose(0, 1)  # [T, B, P, H, W]
+            T = check_num_steps(x_seq.shape[0], option="the event tensors' time bins")
+        else:
+            T = check_num_steps(self.num_steps if num_steps is None else num_steps)
         B = x.shape[0]
-        x = self.preprocess(x)
+        x = x if self.events else self.preprocess(x)
         spikes, mems = [], []
         for m in self.lif_layers:
             m.record = record
         self.stages[-1].lif.record = record or self.readout == "membrane"  # membrane readout needs its trace
         try:
             first = self.stages[0]
-            if self.encoder.static:
+            if self.events:
+                input_seq = x_seq
+                cur = self._stateless(first, x_seq.reshape(T * B, *x_seq.shape[2:]))
+                spk_seq = first.lif(cur.view(T, B, *cur.shape[1:]))
+            elif self.encoder.static:
                 cur = self._stateless(first, x)  # computed once, broadcast over time
                 spk_seq = first.lif.forward_static(cur, T)
                 input_seq = x.unsqueeze(0).expand(T, *x.shape)

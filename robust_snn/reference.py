@@ -30,9 +30,12 @@ def step_by_step_forward(model: SpikingClassifier, x: torch.Tensor, *, num_steps
 
     Shape: ``[B, C, H, W]`` -> ``[B, K]``.
     """
-    T = int(num_steps or model.num_steps)
-    xin = model.preprocess(x)
+    if model.events:  # event tensors [B, T, P, H, W] are the input sequence itself
+        x_seq = x.float().transpose(0, 1)
+        T = x_seq.shape[0]
+    T = int(num_steps or model.num_steps) if not model.events else T
     if x_seq is None:
+        xin = model.preprocess(x)
         x_seq = model.encoder(xin, T) if not model.encoder.static else xin.unsqueeze(0).expand(T, *xin.shape)
     states: List[Optional[tuple]] = [None] * len(model.stages)
     out_spk, out_mem = [], []

@@ -189,3 +189,40 @@ def test_keep_freed_memory_is_idempotent_on_linux():
     first, second = keep_freed_memory(), keep_freed_memory()
     assert first == second
     assert first is (platform.system() == "Linux")
+
+
+@pytest.mark.parametrize("arch", ["csnn", "fcsnn"])
+@pytest.mark.parametrize("neuron", ["lif", "synaptic"])
+def test_event_input_models_take_ready_spike_tensors(arch, neuron):
+    torch.manual_seed(0)
+    model = build_model(arch, input="events", in_channels=2, image_size=[12, 12], channels=[4, 8] if arch == "csnn" else None,
+                        hidden=[16], neuron=neuron, threshold=0.3, num_steps=5).eval()
+    events = (torch.rand(3, 7, 2, 12, 12) > 0.8).float()  # [B, T, P, H, W]; T need not be the config's num_steps
+    logits, rec = model(events, record=True)
+    assert logits.shape == (3, 10) and logits.sum() > 0
+    assert torch.equal(rec.input_seq, events.transpose(0, 1)) and rec.spikes[0].shape[0] == 7
+    assert torch.equal(logits, step_by_step_forward(model, events))
+    assert torch.equal(model(events.bool()), logits)  # boolean events are fine as they are
+    x = events.clone().requires_grad_(True)
+    model(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    with pytest.raises(RobustSNNError, match=r"event tensors of shape \[B, T, 2, 12, 12\]"):
+        model(torch.rand(3, 2, 12, 12))
+    with pytest.raises(RobustSNNError, match="non-negative"):
+        model(-events)
+    with pytest.raises(RobustSNNError, match="time bins"):
+        model(events, num_steps=5)
+    image_model = build_model("fcsnn", hidden=[16])
+    with pytest.raises(RobustSNNError, match="this model takes images"):
+        image_model(torch.rand(2, 3, 1, 28, 28))
+    with pytest.raises(RobustSNNError, match="encoding must be 'direct'"):
+        build_model("fcsnn", input="events", encoding="rate")
+
+
+def test_image_attacks_refuse_event_models():
+    from robust_snn.attacks import evaluate
+
+    model = build_model("fcsnn", input="events", in_channels=2, image_size=[8, 8], hidden=[16])
+    events = (torch.rand(4, 5, 2, 8, 8) > 0.8).float()
+    with pytest.raises(RobustSNNError, match="L0 event budget"):
+        evaluate(model, events, torch.zeros(4, dtype=torch.long), attacks=["fgsm"], eps=[0.1])

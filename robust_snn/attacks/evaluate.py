@@ -173,6 +173,9 @@ def evaluate(
         raise RobustSNNError("pgd-tcc attacks a detector: give one (--detector tcc)")
     if any(sp.needs_detector for sp in specs) and source_model is not None:
         raise RobustSNNError("pgd-tcc is an adaptive attack; it cannot run with --no-adaptive")
+    if getattr(model, "events", False) and any(sp.threat.name != "L0" for sp in specs):
+        raise RobustSNNError("this model takes event tensors; image attacks (L∞, L2) do not apply to events: "
+                             "use an attack with an L0 event budget")
     add_tcc = detector is not None and source_model is None and adaptive_detector_attack and not any(sp.needs_detector for sp in specs)
     eps = unique_budgets(eps)
     eps_l2 = unique_budgets(eps_l2 if eps_l2 is not None else DEFAULT_EPS_L2)
