@@ -83,7 +83,7 @@ def main() -> None:
             if len(idx):
                 res = evaluate(model, x[idx], y[idx], attacks=[a], eps=[args.eps], surrogate=None if g == "model" else g,
                                batch_size=args.batch_size, checks=False)
-                mask = next(iter(res["worst_case_masks"].values()))
+                mask = res.worst_mask(args.eps)
                 after[idx] = mask
                 broke = int(len(idx) - mask.sum())
             pairs[key] = {"attacked": int(len(idx)), "broke": broke, "seconds": time.perf_counter() - t0,

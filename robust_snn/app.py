@@ -201,7 +201,7 @@ def attack_view(app: AppModel, x: torch.Tensor, *, attack: str = "pgd", eps: flo
     res = evaluate(target, xb, y, attacks=[attack], eps=[float(eps)], steps=steps, queries=300 if attack == "square" else None,
                    surrogate=None if surrogate == "model" else surrogate, checks=False, keep_examples=True,
                    adaptive_detector_attack=False)
-    x_adv = res["examples"][f"{attack}@{float(eps):g}"][0]
+    x_adv = res.example(attack, float(eps))[0]
     view_clean = target.preprocess_input(xb)[0] if hasattr(target, "preprocess_input") else x
     view_adv = target.preprocess_input(x_adv[None])[0] if hasattr(target, "preprocess_input") else x_adv
     c, a = trace(app.model, view_clean), trace(app.model, view_adv)

@@ -446,7 +446,7 @@ def render_all(model: torch.nn.Module, *, index: Optional[int] = None, digit: Op
     x, y = x_all[index:index + 1], y_all[index:index + 1]
     res = evaluate(model, x, y, attacks=[spec.name], eps=[eps], eps_l2=[eps], steps=steps, surrogate=surrogate, seed=seed,
                    checks=False, keep_examples=True)
-    x_adv = res["examples"][f"{spec.name}@{eps:g}"]
+    x_adv = res.example(spec.name, eps)
     clean, adv = trace(model, x[0], seed=seed), trace(model, x_adv[0], seed=seed)
     if clean.prediction != int(y[0]):
         notes.append("the clean image is already misclassified; the attack left it unchanged")
@@ -473,7 +473,7 @@ def render_all(model: torch.nn.Module, *, index: Optional[int] = None, digit: Op
             n = min(tsne_samples, len(x_all))
             r = evaluate(model, x_all[:n], y_all[:n], attacks=[spec.name], eps=[eps], eps_l2=[eps], steps=steps, surrogate=surrogate,
                          seed=seed, checks=False, keep_examples=True, progress=progress)
-            figs["8_tsne"] = tsne_figure(model, x_all[:n], r["examples"][f"{spec.name}@{eps:g}"], y_all[:n], seed=seed, classes=classes)
+            figs["8_tsne"] = tsne_figure(model, x_all[:n], r.example(spec.name, eps), y_all[:n], seed=seed, classes=classes)
         for name, fig in figs.items():
             path = outd / f"{name}.{fmt}"
             save_figure_atomic(fig, path, dpi=110)

@@ -214,3 +214,19 @@ def test_convergence_check_reruns_the_last_gradient_stage(tiny_model, eval_batch
     assert len(check) == 1 and "with 2 steps" in check[0]["detail"]
     reruns = [c for c in calls if c["eps"] == 0.05][1:]  # after the stage itself: the convergence rerun on its survivors
     assert len(reruns) == 1 and sum(reruns[0]["sizes"]) == int(res["worst_case_masks"]["Linf@0.05"][:32].sum())
+
+
+def test_evaluation_result_accessors(tiny_model, eval_batch):
+    from robust_snn.attacks import EvaluationResult, result_key
+
+    x, y = eval_batch
+    res = _quiet(evaluate, tiny_model, x[:32], y[:32], attacks=["fgsm", "pgd"], eps=[0.0, 0.1], steps=3, keep_examples=True)
+    assert isinstance(res, EvaluationResult) and isinstance(res, dict) and res.n == 32
+    row = res.row("pgd", 0.1)
+    assert row is res["results"][3] and row["attack"] == "pgd" and row["eps"] == 0.1
+    assert torch.equal(res.example("pgd", 0.1), res["examples"][result_key("pgd", 0.1)])
+    w = res.worst(0.1)
+    assert w["robust_accuracy"] == res.worst_mask(0.1).float().mean().item() and w["robust_accuracy"] <= row["robust_accuracy"]
+    assert res.passed == all(c["passed"] for c in res.checks)
+    with pytest.raises(RobustSNNError, match="no result for square@0.1"):
+        res.row("square", 0.1)

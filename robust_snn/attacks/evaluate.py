@@ -24,6 +24,7 @@ from ..threat import THREAT_MODELS
 from .checks import TOL_BOUND, check_convergence, check_model, check_results
 from .eot import EOT
 from .guard import GradGuard
+from .result import EvaluationResult, result_key
 from .registry import AttackSpec, attack_params, build_attack, get_spec
 from .suite import DEFAULT_SUITE, Suite, get_suite
 from ..utils import progress_bar
@@ -308,7 +309,7 @@ def evaluate(
                 "adaptive": source_model is None,
             }
             defended_mask = correct
-            name = f"{job.label}@{e:g}"
+            name = result_key(job.label, e)
             if detector is not None:
                 adv_scores = _detector_scores(model, x_adv, chunks, reseed)
                 rejected = adv_scores > float(detector.threshold)
@@ -378,8 +379,8 @@ def evaluate(
         "checks": check_list,
         "clean_predictions": clean_logits.argmax(1),
         "clean_logits": clean_logits,
-        "worst_case_masks": {f"{norm}@{e:g}": mask for (norm, e), mask in robust_masks.items()},
-        "worst_case_defended_masks": {f"{norm}@{e:g}": mask for (norm, e), mask in rejection_masks.items()},
+        "worst_case_masks": {result_key(norm, e): mask for (norm, e), mask in robust_masks.items()},
+        "worst_case_defended_masks": {result_key(norm, e): mask for (norm, e), mask in rejection_masks.items()},
         "adaptive": source_model is None,
     }
     if detector is not None:
@@ -392,7 +393,7 @@ def evaluate(
     if keep_examples:
         out["examples"] = examples
         out["example_predictions"] = example_predictions
-    return out
+    return EvaluationResult(out)
 
 
 def _jobs(specs: List[AttackSpec], suite: Optional[Suite], *, eps: List[float], eps_l2: List[float], grads: List[Optional[str]],

@@ -126,7 +126,7 @@ def run_cell(ctx: _Context, cell: Dict[str, Any], *, progress: bool = False) -> 
                    checks=False, progress=progress, keep_examples=True, source_model=None if d.adaptive else model,
                    adaptive_detector_attack=False)
     w = res["worst_case"][0]
-    correct = res["worst_case_masks"][f"Linf@{cell['eps']:g}"]
+    correct = res.worst_mask(cell["eps"])
     n = len(y)
     k = int(correct.sum())
     lo, hi = wilson_interval(k, n)
@@ -146,7 +146,7 @@ def run_cell(ctx: _Context, cell: Dict[str, Any], *, progress: bool = False) -> 
         "seconds": time.perf_counter() - t0, "key": cell["key"], "robust_mask": pack_mask(correct),
     }
     if d.detector is not None:
-        row["defended_mask"] = pack_mask(res["worst_case_defended_masks"][f"Linf@{cell['eps']:g}"])
+        row["defended_mask"] = pack_mask(res.worst_mask(cell["eps"], defended=True))
     return row
 
 
