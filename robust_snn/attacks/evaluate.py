@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -198,201 +198,285 @@ def evaluate(
         jobs += [_Job(tcc, e, tuple(grads), params, tcc.name, surrogate or "model", False) for e in eps]
         log.info("detector present: adding the adaptive attack pgd-tcc")
 
+    for opt, value in (("--eot-samples", eot_samples), ("--samples", samples)):
+        if value is not None and value < 1:
+            raise RobustSNNError(f"{opt} must be >= 1, got {value}")
+    run = _setup(model, x, y, jobs=jobs, detector=detector, source_model=source_model, eot_samples=eot_samples, samples=samples,
+                 restarts=restarts, batch_size=batch_size, seed=seed, shard=shard, progress=progress, keep_examples=keep_examples)
+    check_list: List[Dict[str, Any]] = []
+    convergence_record: Optional[Dict[str, Any]] = None
+    try:
+        _clean_pass(run)
+        if checks:
+            xb, yb = run.x[:min(run.n, batch_size)].to(run.device), run.y[:min(run.n, batch_size)].to(run.device)
+            job_grads = list(dict.fromkeys(g for j in jobs if not j.spec.gradient_free for g in j.grads)) or [None]
+            check_list += check_model(model, run.attacked, xb, yb, eot_samples=run.eot, was_training=run.was_training,
+                                      gradients=job_grads)
+        outer = progress_bar(jobs, enabled=progress, desc="attacks")
+        for job in outer:
+            outer.set_postfix(attack=job.label, eps=f"{job.eps:g}")
+            _run_job(run, job)
+        if checks and run.eps_zero_acc is None:
+            _eps_zero_probe(run, batch_size=batch_size)
+        if convergence:
+            convergence_record = _convergence(jobs, run.robust_masks, run.x, run.y, run.clean_logits, restarts=restarts,
+                                              batch_size=batch_size, **run.common())
+    finally:
+        model.train(run.was_training)
+    if checks:
+        check_list += check_results(run.results, clean_accuracy=run.eps_zero_ref, n=run.n, eps_zero_accuracy=run.eps_zero_acc,
+                                    stochastic=run.stochastic)
+    if convergence_record is not None:
+        check_list.append(check_convergence(**convergence_record))
+    return _summary(run, check_list, surrogate=surrogate, suite=the_suite, stages=stages)
+
+
+@dataclass
+class _Run:
+    """One evaluation: what is fixed before the first attack, and what the jobs found so far."""
+
+    model: torch.nn.Module
+    crafter: torch.nn.Module
+    attacked: torch.nn.Module  # what gradient attacks see (EOT over encoder draws)
+    judge: torch.nn.Module  # how predictions are judged (averaged forward draws)
+    detector: Any
+    source_model: Optional[torch.nn.Module]
+    x: torch.Tensor
+    y: torch.Tensor
+    jobs: List[_Job]
+    chunks: Chunks
+    device: torch.device
+    seed: int
+    restarts: int
+    eot: int
+    n_eval: int
+    stochastic: bool
+    was_training: bool
+    n_classes: int
+    progress: bool
+    keep_examples: bool
+    # the clean pass
+    clean_logits: Optional[torch.Tensor] = None
+    clean_correct: Optional[torch.Tensor] = None
+    clean_acc: float = 0.0
+    clean_seconds: float = 0.0
+    clean_scores: Optional[torch.Tensor] = None
+    clean_rejected: Optional[torch.Tensor] = None
+    # the attacks
+    results: List[Dict[str, Any]] = field(default_factory=list)
+    robust_masks: Dict[tuple, torch.Tensor] = field(default_factory=dict)
+    rejection_masks: Dict[tuple, torch.Tensor] = field(default_factory=dict)
+    examples: Dict[str, torch.Tensor] = field(default_factory=dict)
+    example_predictions: Dict[str, torch.Tensor] = field(default_factory=dict)
+    examples_scores: Dict[str, tuple] = field(default_factory=dict)
+    examples_rejected: Dict[str, torch.Tensor] = field(default_factory=dict)
+    eps_zero_acc: Optional[float] = None
+    eps_zero_ref: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+    def reseed(self, chunk: int = 0) -> None:
+        """RNGs of chunk ``chunk`` (torch and the model's encoder): results independent of sharding."""
+        s = self.seed + CHUNK_SEED_STRIDE * chunk
+        torch.manual_seed(s)
+        enc = getattr(self.model, "encoder", None)
+        if enc is not None and hasattr(enc, "reseed"):
+            enc.reseed(s)
+
+    def common(self) -> Dict[str, Any]:
+        """The keyword arguments every :func:`_attack_all` call shares."""
+        return dict(model=self.crafter, attacked=self.attacked, judge=self.judge, n_classes=self.n_classes, eot=self.eot,
+                    device=self.device, reseed=self.reseed)
+
+
+def _setup(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, jobs: List[_Job], detector: Any,
+           source_model: Optional[torch.nn.Module], eot_samples: Optional[int], samples: Optional[int], restarts: int,
+           batch_size: int, seed: int, shard: Optional[bool], progress: bool, keep_examples: bool) -> _Run:
+    """Models in eval mode, EOT wrappers, sharding chunks; nothing computed yet."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     stochastic = is_stochastic(model)
-    for opt, value in (("--eot-samples", eot_samples), ("--samples", samples)):
-        if value is not None and value < 1:
-            raise RobustSNNError(f"{opt} must be >= 1, got {value}")
     eot = (DEFAULT_EOT_SAMPLES if eot_samples is None else int(eot_samples)) if stochastic else 1
     n_eval = (DEFAULT_STOCHASTIC_SAMPLES if samples is None else int(samples)) if stochastic else 1
     crafter = model if source_model is None else source_model
     if source_model is not None:
         source_model.eval()
-    attacked = EOT(crafter, samples=eot).eval()  # what gradient attacks see
-    judge = EOT(model, samples=n_eval).eval()  # how predictions are judged
-    n_classes = int(getattr(model, "config", {}).get("num_classes", 0) or 0)
-
-    def reseed(chunk: int = 0) -> None:
-        s = seed + CHUNK_SEED_STRIDE * chunk
-        torch.manual_seed(s)
-        enc = getattr(model, "encoder", None)
-        if enc is not None and hasattr(enc, "reseed"):
-            enc.reseed(s)
-
     x, y = x.cpu(), y.cpu()
-    n = len(x)
     dist_info = distributed.info()
     sharded = dist_info.enabled if shard is None else (bool(shard) and dist_info.enabled)
-    chunks = Chunks(n, batch_size, rank=dist_info.rank if sharded else 0, world=dist_info.world if sharded else 1)
+    chunks = Chunks(len(x), batch_size, rank=dist_info.rank if sharded else 0, world=dist_info.world if sharded else 1)
+    return _Run(model=model, crafter=crafter, attacked=EOT(crafter, samples=eot).eval(), judge=EOT(model, samples=n_eval).eval(),
+                detector=detector, source_model=source_model, x=x, y=y, jobs=jobs, chunks=chunks, device=device, seed=seed,
+                restarts=restarts, eot=eot, n_eval=n_eval, stochastic=stochastic, was_training=was_training,
+                n_classes=int(getattr(model, "config", {}).get("num_classes", 0) or 0), progress=progress,
+                keep_examples=keep_examples)
+
+
+def _clean_pass(run: _Run) -> None:
+    """Clean logits, accuracy and (with a detector) clean scores."""
+    chunks, x = run.chunks, run.x
     t0 = time.perf_counter()
     with torch.no_grad():
-        clean_logits = chunks.gather(chunks.map(lambda a, b: judge(x[a:b].to(device)).float().cpu(), reseed))
-    if not n_classes:
-        n_classes = clean_logits.shape[1]
-    clean_seconds = chunks.wall(time.perf_counter() - t0)
-    clean_correct = clean_logits.argmax(1) == y
-    clean_acc = fraction(clean_correct)
-    clean_scores = _detector_scores(model, x, chunks, reseed) if detector is not None else None
-    clean_rejected = clean_scores > float(detector.threshold) if detector is not None else None
+        run.clean_logits = chunks.gather(chunks.map(lambda a, b: run.judge(x[a:b].to(run.device)).float().cpu(), run.reseed))
+    if not run.n_classes:
+        run.n_classes = run.clean_logits.shape[1]
+    run.clean_seconds = chunks.wall(time.perf_counter() - t0)
+    run.clean_correct = run.clean_logits.argmax(1) == run.y
+    run.clean_acc = fraction(run.clean_correct)
+    run.eps_zero_ref = run.clean_acc
+    if run.detector is not None:
+        run.clean_scores = _detector_scores(run.model, x, chunks, run.reseed)
+        run.clean_rejected = run.clean_scores > float(run.detector.threshold)
 
-    check_list: List[Dict[str, Any]] = []
-    if checks:
-        xb, yb = x[:min(n, batch_size)].to(device), y[:min(n, batch_size)].to(device)
-        job_grads = list(dict.fromkeys(g for j in jobs if not j.spec.gradient_free for g in j.grads)) or [None]
-        check_list += check_model(model, attacked, xb, yb, eot_samples=eot, was_training=was_training, gradients=job_grads)
 
-    results: List[Dict[str, Any]] = []
-    examples: Dict[str, torch.Tensor] = {}
-    example_predictions: Dict[str, torch.Tensor] = {}
-    robust_masks: Dict[tuple, torch.Tensor] = {}
-    rejection_masks: Dict[tuple, torch.Tensor] = {}
-    examples_scores: Dict[str, tuple] = {}
-    examples_rejected: Dict[str, torch.Tensor] = {}
-    eps_zero_acc: Optional[float] = None
-    eps_zero_ref = clean_acc
-    convergence_record: Optional[Dict[str, Any]] = None
-    common = dict(model=crafter, attacked=attacked, judge=judge, n_classes=n_classes, eot=eot, device=device, reseed=reseed)
-    outer = progress_bar(jobs, enabled=progress, desc="attacks")
-    try:
-        for job in outer:
-            spec, e = job.spec, job.eps
-            key = (spec.norm, e)
-            outer.set_postfix(attack=job.label, eps=f"{e:g}")
-            active = robust_masks.get(key) if job.cascade else None
-            t1 = time.perf_counter()
-            x_adv, adv_logits = _attack_all(spec, job.params, e, x, y, clean_logits, grads=job.grads, restarts=restarts,
-                                            chunks=chunks, progress=progress, active=active, **common)
-            x_adv, adv_logits = chunks.gather(x_adv), chunks.gather(adv_logits)
-            seconds = chunks.wall(time.perf_counter() - t1)
-            correct = adv_logits.argmax(1) == y
-            cumulative = correct if key not in robust_masks else (robust_masks[key] & correct)
-            # what this job broke: of the clean-correct samples (an attack of its own), of the survivors (a cascade stage)
-            robust_before = robust_masks.get(key, clean_correct) if job.cascade else clean_correct
-            linf = THREAT_MODELS["Linf"].distance(x_adv, x)
-            l2 = THREAT_MODELS["L2"].distance(x_adv, x)
-            threat = spec.threat
-            bound = threat.distance(x_adv, x)
-            # perturbation statistics over the samples this job attacked (a cascade stage: its survivors only)
-            stat_mask = clean_correct if active is None else (clean_correct & active)
-            attacked_any = bool(stat_mask.any())
-            shown = cumulative if job.cascade else correct  # a cascade stage reports the accuracy after it
-            row = {
-                "attack": job.label,
-                "attack_kind": spec.name,
-                "norm": spec.norm,
-                "eps": e,
-                "surrogate": job.surrogate,
-                "params": dict(job.params),
-                "restarts": restarts,
-                "eot_samples": eot,
-                "clean_accuracy": clean_acc,
-                "robust_accuracy": fraction(shown),
-                **with_interval(int(shown.sum()), n),
-                "cascade": job.cascade,
-                "attacked": int(stat_mask.sum()),
-                "broken": int((robust_before & ~correct).sum()),
-                "success_rate": ((clean_correct & ~correct).sum().item() / max(1, clean_correct.sum().item())),
-                "linf_mean": linf[stat_mask].mean().item() if attacked_any else 0.0,
-                "linf_max": linf.max().item(),
-                "l2_mean": l2[stat_mask].mean().item() if attacked_any else 0.0,
-                "l2_max": l2.max().item(),
-                "spike_count_change": (adv_logits - clean_logits).abs().sum(1)[stat_mask].mean().item() if attacked_any else 0.0,
-                "seconds": seconds,
-                "img_per_s": n / seconds if seconds > 0 else float("nan"),
-                "within_bound": bool((bound <= e + TOL_BOUND).all().item()),
-                "in_range": threat.in_domain(x_adv),
-                "iterative": spec.iterative,
-                "gradient_free": spec.gradient_free,
-                "minimum_norm": spec.minimum_norm,
-                "adaptive": source_model is None,
-            }
-            defended_mask = correct
-            name = result_key(job.label, e)
-            if detector is not None:
-                adv_scores = _detector_scores(model, x_adv, chunks, reseed)
-                rejected = adv_scores > float(detector.threshold)
-                success = clean_correct & ~correct
-                defended_mask = correct | rejected
-                row.update({
-                    "detection_rate": fraction(rejected[success]) if success.any() else None,
-                    "auroc": _auroc(clean_scores[clean_correct], adv_scores[success]) if success.any() and clean_correct.any() else None,
-                    "robust_accuracy_with_rejection": fraction(defended_mask),
-                    "clean_rejection_rate": fraction(clean_rejected),
-                })
-                if keep_examples:
-                    examples_scores[name] = (clean_scores[clean_correct], adv_scores[success])
-                    examples_rejected[name] = rejected
-            results.append(row)
-            robust_masks[key] = cumulative
-            if detector is not None:
-                rejection_masks[key] = defended_mask if key not in rejection_masks else (rejection_masks[key] & defended_mask)
-            if e == 0.0 and spec.norm == "Linf" and eps_zero_acc is None and active is None:
-                eps_zero_acc = row["robust_accuracy"]
-            if keep_examples:
-                examples[name] = x_adv
-                example_predictions[name] = adv_logits.argmax(1)
-        budgeted = [j for j in jobs if not j.spec.minimum_norm and j.spec.norm == "Linf"]
-        if checks and eps_zero_acc is None and budgeted:
-            # eps = 0 was not in the grid: attack up to 100 samples at eps = 0 with the first budgeted attack,
-            # at most 10 steps (every rank, no sharding)
-            j0 = budgeted[0]
-            m = min(n, batch_size, 100)
-            p0 = {**j0.params, "steps": min(10, int(j0.params["steps"]))} if "steps" in j0.params else j0.params
-            _, z_logits = _attack_all(j0.spec, p0, 0.0, x[:m], y[:m], clean_logits[:m], grads=j0.grads[:1], restarts=1,
-                                      chunks=Chunks(m, batch_size), progress=False, active=None, **common)
-            eps_zero_acc = fraction(z_logits.argmax(1) == y[:m])
-            eps_zero_ref = fraction(clean_correct[:m])
-        if convergence:
-            convergence_record = _convergence(jobs, robust_masks, x, y, clean_logits, restarts=restarts, batch_size=batch_size,
-                                              **common)
-    finally:
-        model.train(was_training)
+def _run_job(run: _Run, job: _Job) -> None:
+    """Attack with one job, judge it, and add its row, masks and examples to ``run``."""
+    spec, e = job.spec, job.eps
+    x, y, n, chunks = run.x, run.y, run.n, run.chunks
+    clean_correct, clean_logits = run.clean_correct, run.clean_logits
+    key = (spec.norm, e)
+    robust_masks = run.robust_masks
+    active = robust_masks.get(key) if job.cascade else None
+    t1 = time.perf_counter()
+    x_adv, adv_logits = _attack_all(spec, job.params, e, x, y, clean_logits, grads=job.grads, restarts=run.restarts,
+                                    chunks=chunks, progress=run.progress, active=active, **run.common())
+    x_adv, adv_logits = chunks.gather(x_adv), chunks.gather(adv_logits)
+    seconds = chunks.wall(time.perf_counter() - t1)
+    correct = adv_logits.argmax(1) == y
+    cumulative = correct if key not in robust_masks else (robust_masks[key] & correct)
+    # what this job broke: of the clean-correct samples (an attack of its own), of the survivors (a cascade stage)
+    robust_before = robust_masks.get(key, clean_correct) if job.cascade else clean_correct
+    linf = THREAT_MODELS["Linf"].distance(x_adv, x)
+    l2 = THREAT_MODELS["L2"].distance(x_adv, x)
+    threat = spec.threat
+    bound = threat.distance(x_adv, x)
+    # perturbation statistics over the samples this job attacked (a cascade stage: its survivors only)
+    stat_mask = clean_correct if active is None else (clean_correct & active)
+    attacked_any = bool(stat_mask.any())
+    shown = cumulative if job.cascade else correct  # a cascade stage reports the accuracy after it
+    row = {
+        "attack": job.label,
+        "attack_kind": spec.name,
+        "norm": spec.norm,
+        "eps": e,
+        "surrogate": job.surrogate,
+        "params": dict(job.params),
+        "restarts": run.restarts,
+        "eot_samples": run.eot,
+        "clean_accuracy": run.clean_acc,
+        "robust_accuracy": fraction(shown),
+        **with_interval(int(shown.sum()), n),
+        "cascade": job.cascade,
+        "attacked": int(stat_mask.sum()),
+        "broken": int((robust_before & ~correct).sum()),
+        "success_rate": ((clean_correct & ~correct).sum().item() / max(1, clean_correct.sum().item())),
+        "linf_mean": linf[stat_mask].mean().item() if attacked_any else 0.0,
+        "linf_max": linf.max().item(),
+        "l2_mean": l2[stat_mask].mean().item() if attacked_any else 0.0,
+        "l2_max": l2.max().item(),
+        "spike_count_change": (adv_logits - clean_logits).abs().sum(1)[stat_mask].mean().item() if attacked_any else 0.0,
+        "seconds": seconds,
+        "img_per_s": n / seconds if seconds > 0 else float("nan"),
+        "within_bound": bool((bound <= e + TOL_BOUND).all().item()),
+        "in_range": threat.in_domain(x_adv),
+        "iterative": spec.iterative,
+        "gradient_free": spec.gradient_free,
+        "minimum_norm": spec.minimum_norm,
+        "adaptive": run.source_model is None,
+    }
+    defended_mask = correct
+    name = result_key(job.label, e)
+    detector = run.detector
+    if detector is not None:
+        adv_scores = _detector_scores(run.model, x_adv, chunks, run.reseed)
+        rejected = adv_scores > float(detector.threshold)
+        success = clean_correct & ~correct
+        defended_mask = correct | rejected
+        row.update({
+            "detection_rate": fraction(rejected[success]) if success.any() else None,
+            "auroc": _auroc(run.clean_scores[clean_correct], adv_scores[success]) if success.any() and clean_correct.any() else None,
+            "robust_accuracy_with_rejection": fraction(defended_mask),
+            "clean_rejection_rate": fraction(run.clean_rejected),
+        })
+        if run.keep_examples:
+            run.examples_scores[name] = (run.clean_scores[clean_correct], adv_scores[success])
+            run.examples_rejected[name] = rejected
+    run.results.append(row)
+    robust_masks[key] = cumulative
+    if detector is not None:
+        rm = run.rejection_masks
+        rm[key] = defended_mask if key not in rm else (rm[key] & defended_mask)
+    if e == 0.0 and spec.norm == "Linf" and run.eps_zero_acc is None and active is None:
+        run.eps_zero_acc = row["robust_accuracy"]
+    if run.keep_examples:
+        run.examples[name] = x_adv
+        run.example_predictions[name] = adv_logits.argmax(1)
 
+
+def _eps_zero_probe(run: _Run, *, batch_size: int) -> None:
+    """eps = 0 was not in the grid: attack up to 100 samples at eps = 0 with the first budgeted attack.
+
+    At most 10 steps, on every rank, no sharding; the "eps=0 reproduces clean accuracy" check compares it.
+    """
+    budgeted = [j for j in run.jobs if not j.spec.minimum_norm and j.spec.norm == "Linf"]
+    if not budgeted:
+        return
+    j0 = budgeted[0]
+    m = min(run.n, batch_size, 100)
+    p0 = {**j0.params, "steps": min(10, int(j0.params["steps"]))} if "steps" in j0.params else j0.params
+    _, z_logits = _attack_all(j0.spec, p0, 0.0, run.x[:m], run.y[:m], run.clean_logits[:m], grads=j0.grads[:1], restarts=1,
+                              chunks=Chunks(m, batch_size), progress=False, active=None, **run.common())
+    run.eps_zero_acc = fraction(z_logits.argmax(1) == run.y[:m])
+    run.eps_zero_ref = fraction(run.clean_correct[:m])
+
+
+def _summary(run: _Run, check_list: List[Dict[str, Any]], *, surrogate: Optional[str], suite: Optional[Suite],
+             stages: Optional[List[str]]) -> EvaluationResult:
+    """The result of ``run``: a pure function of what the jobs found (per-sample worst case, settings, checks)."""
+    n, results = run.n, run.results
     worst_case = [
         {"norm": norm, "eps": e, "robust_accuracy": fraction(mask), **with_interval(int(mask.sum()), n),
          "attacks": list(dict.fromkeys(r["attack"] for r in results if r["norm"] == norm and r["eps"] == e))}
-        for (norm, e), mask in sorted(robust_masks.items(), key=lambda kv: (kv[0][0] != "Linf", kv[0][0], kv[0][1]))
+        for (norm, e), mask in sorted(run.robust_masks.items(), key=lambda kv: (kv[0][0] != "Linf", kv[0][0], kv[0][1]))
     ]
     for w in worst_case:
-        if (w["norm"], w["eps"]) in rejection_masks:
-            w["robust_accuracy_with_rejection"] = fraction(rejection_masks[(w["norm"], w["eps"])])
-    if checks:
-        check_list += check_results(results, clean_accuracy=eps_zero_ref, n=n, eps_zero_accuracy=eps_zero_acc, stochastic=stochastic)
-    if convergence_record is not None:
-        check_list.append(check_convergence(**convergence_record))
+        if (w["norm"], w["eps"]) in run.rejection_masks:
+            w["robust_accuracy_with_rejection"] = fraction(run.rejection_masks[(w["norm"], w["eps"])])
     out: Dict[str, Any] = {
         "n": n,
-        "clean_accuracy": clean_acc,
-        "clean_interval": with_interval(int(clean_correct.sum()), n),
-        "clean_seconds": clean_seconds,
-        "stochastic": stochastic,
-        "eot_samples": eot,
-        "eval_samples": n_eval,
+        "clean_accuracy": run.clean_acc,
+        "clean_interval": with_interval(int(run.clean_correct.sum()), n),
+        "clean_seconds": run.clean_seconds,
+        "stochastic": run.stochastic,
+        "eot_samples": run.eot,
+        "eval_samples": run.n_eval,
         "surrogate": surrogate or "model",
-        "suite": the_suite.name if the_suite is not None else None,
-        "robustness_claim": the_suite.claim if the_suite is not None else None,
+        "suite": suite.name if suite is not None else None,
+        "robustness_claim": suite.claim if suite is not None else None,
         "stages": stages,
         "results": results,
         "worst_case": worst_case,
         "checks": check_list,
-        "clean_predictions": clean_logits.argmax(1),
-        "clean_logits": clean_logits,
-        "worst_case_masks": {result_key(norm, e): mask for (norm, e), mask in robust_masks.items()},
-        "worst_case_defended_masks": {result_key(norm, e): mask for (norm, e), mask in rejection_masks.items()},
-        "adaptive": source_model is None,
+        "clean_predictions": run.clean_logits.argmax(1),
+        "clean_logits": run.clean_logits,
+        "worst_case_masks": {result_key(norm, e): mask for (norm, e), mask in run.robust_masks.items()},
+        "worst_case_defended_masks": {result_key(norm, e): mask for (norm, e), mask in run.rejection_masks.items()},
+        "adaptive": run.source_model is None,
     }
+    detector = run.detector
     if detector is not None:
         out["detector"] = {"spec": detector.spec(), "threshold": float(detector.threshold), "fpr_target": detector.fpr,
-                           "clean_rejection_rate": fraction(clean_rejected),
-                           "clean_accuracy_with_rejection": fraction(clean_correct & ~clean_rejected)}
-        if keep_examples:
-            out["detector_scores"] = examples_scores
-            out["example_rejected"] = examples_rejected
-    if keep_examples:
-        out["examples"] = examples
-        out["example_predictions"] = example_predictions
+                           "clean_rejection_rate": fraction(run.clean_rejected),
+                           "clean_accuracy_with_rejection": fraction(run.clean_correct & ~run.clean_rejected)}
+        if run.keep_examples:
+            out["detector_scores"] = run.examples_scores
+            out["example_rejected"] = run.examples_rejected
+    if run.keep_examples:
+        out["examples"] = run.examples
+        out["example_predictions"] = run.example_predictions
     return EvaluationResult(out)
 
 
