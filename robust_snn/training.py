@@ -7,7 +7,7 @@ import io
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -280,151 +280,205 @@ def train(
     lr = effective_lr(settings, dd.world)
     opt = _make_optimizer(model, settings, lr)
     steps_per_epoch = math.ceil(math.ceil(len(x_tr) / dd.world) / settings.batch_size)
-    sched = _make_scheduler(opt, settings, steps_per_epoch)
-    history: List[Dict[str, Any]] = []
-    start_epoch = 1
-    train_seconds = 0.0
-    sp = state_path(out)
-    if resume:
-        # rank 0 reads the state and hands it to the others (no shared filesystem needed)
-        state = distributed.broadcast_object(_read_state(sp) if dd.is_main and sp.is_file() else None)
-        if isinstance(state, str):
-            raise RobustSNNError(state)
-        if state is not None:
-            saved_settings = {**asdict(TrainSettings()), **dict(state.get("settings") or {})}  # keys added later: defaults
-            if state.get("config") != cfg or saved_settings != asdict(settings):
-                raise RobustSNNError(f"{sp} was written by a run with other settings; rerun without --resume or with the same options")
-            if int(state.get("world_size", 1)) != dd.world:
-                # the learning rate, the schedule's length and the adversarial warm-up depend on the steps per epoch
-                raise RobustSNNError(f"{sp} was written by a run with {int(state.get('world_size', 1))} process(es); "
-                                     f"resume it with the same number (this run has {dd.world})")
-            try:
-                model.load_state_dict(state["model"])
-                opt.load_state_dict(state["optimizer"])
-                if sched is not None and state.get("scheduler") is not None:
-                    sched.load_state_dict(state["scheduler"])
-                history = list(state["history"])
-                start_epoch = int(state["epoch"]) + 1
-                train_seconds = float(state.get("train_seconds", 0.0))
-            except (RuntimeError, KeyError, ValueError, TypeError, IndexError):
-                raise RobustSNNError(f"--resume: {sp} is damaged (its weights or optimizer state do not fit this model); "
-                                     f"delete it and rerun without --resume to start over") from None
-            log.info("resuming from %s after epoch %d", sp, start_epoch - 1)
-        else:
-            log.warning("--resume: no training state at %s; starting from scratch", sp)
-    net: torch.nn.Module = model
+    run = _Loop(model=model, net=model, opt=opt, sched=_make_scheduler(opt, settings, steps_per_epoch), settings=settings,
+                cfg=cfg, dev=dev, dd=dd, lr=lr, steps_per_epoch=steps_per_epoch, x_tr=x_tr, y_tr=y_tr, val=val, out=out,
+                sp=state_path(out))
+    start_epoch = _resume(run) if resume else 1
     if dd.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        run.net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
         log.info("DistributedDataParallel over %d processes: %d images per step in all, lr %g",
                  dd.world, dd.world * settings.batch_size, lr)
-
     for epoch in range(start_epoch, settings.epochs + 1):
-        # dropout, noise, random starts, augmentation: resumable and deterministic; other ranks draw their own
-        epoch_seed = settings.seed * 1000 + epoch
-        rank_seed = epoch_seed + RANK_SEED_STRIDE * dd.rank
-        torch.manual_seed(rank_seed)
-        gen = torch.Generator().manual_seed(epoch_seed)
-        order = shard_epoch(torch.randperm(len(x_tr), generator=gen), dd.rank, dd.world)  # same permutation on every rank
-        if dd.rank > 0:
-            gen = torch.Generator().manual_seed(rank_seed)
-        net.train()
-        tot_loss = tot_correct = tot_n = 0.0
-        t0 = time.perf_counter()
-        bar = progress_bar(list(order.split(settings.batch_size)), enabled=progress and dd.is_main, desc=f"epoch {epoch}/{settings.epochs}")
-        # Gaussian noise augmentation leaves [0, 1] on purpose (Cohen et al. do not clip)
-        noisy = unchecked_inputs(model) if settings.noise_sigma > 0 else contextlib.nullcontext()
-        with noisy:
-            for i, idx in enumerate(bar):
-                xb = random_shift(x_tr[idx], settings.augment_shift, generator=gen)
-                xb, yb = xb.to(dev), y_tr[idx].to(dev)
-                if settings.noise_sigma > 0:  # Gaussian augmentation for randomized smoothing (Cohen et al. 2019)
-                    xb = xb + settings.noise_sigma * torch.randn_like(xb)
-                if settings.adv == "none":
-                    logits = net(xb)
-                    loss = spike_loss(logits, yb, kind=settings.loss, num_steps=model.num_steps)
-                else:
-                    e = warmup_eps(settings.adv_eps, step=(epoch - 1) * steps_per_epoch + i, warmup_steps=settings.adv_warmup * steps_per_epoch)
-                    alpha = None if settings.adv_alpha is None else settings.adv_alpha * e / settings.adv_eps
-                    x_adv = craft(model, xb.clamp(0, 1), yb, method=settings.adv, eps=e, steps=settings.adv_steps, alpha=alpha)
-                    if settings.adv == "trades":
-                        logits_clean = net(xb)
-                        logits = net(x_adv)
-                        loss = trades_loss(logits_clean, logits, yb, beta=settings.trades_beta)
-                    else:
-                        logits = net(x_adv)
-                        loss = spike_loss(logits, yb, kind=settings.loss, num_steps=model.num_steps)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                tot_loss += loss.item() * len(yb)
-                tot_correct += (logits.argmax(1) == yb).sum().item()
-                tot_n += len(yb)
-                bar.set_postfix(loss=f"{tot_loss / tot_n:.4f}", acc=f"{100 * tot_correct / tot_n:.2f}%")
-        epoch_seconds = distributed.max_float(time.perf_counter() - t0)
-        tot_loss, tot_correct, tot_n = distributed.sum_floats([tot_loss, tot_correct, tot_n])
-        train_seconds += epoch_seconds
-        row: Dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": tot_loss / tot_n,
-            "train_accuracy": tot_correct / tot_n,
-            "val_loss": None,
-            "val_accuracy": None,
-            "val_pgd_accuracy": None,
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": epoch_seconds,
-            "img_per_s": tot_n / epoch_seconds,
-        }
+        row = _train_epoch(run, epoch, progress=progress)
+        run.train_seconds += row["seconds"]
         if val is not None:
-            model.eval()
-            mine = torch.arange(dd.rank, len(val[0]), dd.world)  # validation sharded over ranks, sums gathered
-            with torch.inference_mode():
-                vl = vc = 0.0
-                for part in mine.split(500):
-                    lg = model(val[0][part].to(dev))
-                    vl += spike_loss(lg, val[1][part].to(dev), kind=settings.loss, num_steps=model.num_steps).item() * len(part)
-                    vc += (lg.argmax(1).cpu() == val[1][part]).sum().item()
-            vl, vc = distributed.sum_floats([vl, vc])
-            row["val_loss"] = vl / len(val[0])
-            row["val_accuracy"] = vc / len(val[0])
-            if settings.adv != "none":
-                row["val_pgd_accuracy"] = _val_pgd_accuracy(model, val, settings.adv_eps, dev)
-        history.append(row)
-        if abs(row["train_loss"] - math.log(cfg["num_classes"])) < 1e-3 and settings.loss == "ce":
-            log.warning("epoch %d: the network is silent (uniform output, loss = ln K); lower --lr, or ramp the attack with "
-                        "--adv-warmup for adversarial training", epoch)
-        log.info(
-            "epoch %d: loss %.4f, train acc %.2f%%%s, %.0f img/s",
-            epoch, row["train_loss"], 100 * row["train_accuracy"],
-            ("" if row["val_accuracy"] is None else f", val acc {100 * row['val_accuracy']:.2f}%")
-            + ("" if row["val_pgd_accuracy"] is None else f", val PGD-10 acc {100 * row['val_pgd_accuracy']:.2f}%"),
-            row["img_per_s"],
-        )
-        if not dd.is_main:
-            continue
-        _write_logs(out, history)
-        state = {
-            "config": cfg,
-            "settings": asdict(settings),
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else None,
-            "history": history,
-            "epoch": epoch,
-            "train_seconds": train_seconds,
-            "world_size": dd.world,
-        }
-        with atomic_path(sp) as tmp:
-            torch.save(state, tmp)
+            row.update(_validate(run))
+        run.history.append(row)
+        _log_epoch(run, row)
+        if dd.is_main:
+            _write_logs(out, run.history)
+            _save_state(run, epoch)
+    return _finish(run, data_dir=data_dir, command=command, progress=progress)
 
+
+@dataclass
+class _Loop:
+    """One training run's objects and progress."""
+
+    model: SpikingClassifier
+    net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    opt: torch.optim.Optimizer
+    sched: Any
+    settings: TrainSettings
+    cfg: Dict[str, Any]
+    dev: torch.device
+    dd: Any
+    lr: float
+    steps_per_epoch: int
+    x_tr: torch.Tensor
+    y_tr: torch.Tensor
+    val: Optional[Tuple[torch.Tensor, torch.Tensor]]
+    out: Path
+    sp: Path
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def _resume(run: _Loop) -> int:
+    """Load the interrupted run's state into ``run`` (rank 0 reads, every rank gets it); returns the first epoch to run."""
+    sp, dd, settings = run.sp, run.dd, run.settings
+    # rank 0 reads the state and hands it to the others (no shared filesystem needed)
+    state = distributed.broadcast_object(_read_state(sp) if dd.is_main and sp.is_file() else None)
+    if isinstance(state, str):
+        raise RobustSNNError(state)
+    if state is None:
+        log.warning("--resume: no training state at %s; starting from scratch", sp)
+        return 1
+    saved_settings = {**asdict(TrainSettings()), **dict(state.get("settings") or {})}  # keys added later: defaults
+    if state.get("config") != run.cfg or saved_settings != asdict(settings):
+        raise RobustSNNError(f"{sp} was written by a run with other settings; rerun without --resume or with the same options")
+    if int(state.get("world_size", 1)) != dd.world:
+        # the learning rate, the schedule's length and the adversarial warm-up depend on the steps per epoch
+        raise RobustSNNError(f"{sp} was written by a run with {int(state.get('world_size', 1))} process(es); "
+                             f"resume it with the same number (this run has {dd.world})")
+    try:
+        run.model.load_state_dict(state["model"])
+        run.opt.load_state_dict(state["optimizer"])
+        if run.sched is not None and state.get("scheduler") is not None:
+            run.sched.load_state_dict(state["scheduler"])
+        run.history = list(state["history"])
+        start_epoch = int(state["epoch"]) + 1
+        run.train_seconds = float(state.get("train_seconds", 0.0))
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError):
+        raise RobustSNNError(f"--resume: {sp} is damaged (its weights or optimizer state do not fit this model); "
+                             f"delete it and rerun without --resume to start over") from None
+    log.info("resuming from %s after epoch %d", sp, start_epoch - 1)
+    return start_epoch
+
+
+def _batch_loss(run: _Loop, xb: torch.Tensor, yb: torch.Tensor, *, epoch: int, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, loss)`` of one batch: plain, or on examples crafted against the current model (PGD-AT, FGSM-RS, TRADES)."""
+    s, net, model = run.settings, run.net, run.model
+    if s.adv == "none":
+        logits = net(xb)
+        return logits, spike_loss(logits, yb, kind=s.loss, num_steps=model.num_steps)
+    e = warmup_eps(s.adv_eps, step=(epoch - 1) * run.steps_per_epoch + i, warmup_steps=s.adv_warmup * run.steps_per_epoch)
+    alpha = None if s.adv_alpha is None else s.adv_alpha * e / s.adv_eps
+    x_adv = craft(model, xb.clamp(0, 1), yb, method=s.adv, eps=e, steps=s.adv_steps, alpha=alpha)
+    if s.adv == "trades":
+        logits_clean = net(xb)
+        logits = net(x_adv)
+        return logits, trades_loss(logits_clean, logits, yb, beta=s.trades_beta)
+    logits = net(x_adv)
+    return logits, spike_loss(logits, yb, kind=s.loss, num_steps=model.num_steps)
+
+
+def _train_epoch(run: _Loop, epoch: int, *, progress: bool) -> Dict[str, Any]:
+    """One epoch over this rank's share of the training set; returns the epoch's log row (training part)."""
+    s, dd, dev = run.settings, run.dd, run.dev
+    # dropout, noise, random starts, augmentation: resumable and deterministic; other ranks draw their own
+    epoch_seed = s.seed * 1000 + epoch
+    rank_seed = epoch_seed + RANK_SEED_STRIDE * dd.rank
+    torch.manual_seed(rank_seed)
+    gen = torch.Generator().manual_seed(epoch_seed)
+    order = shard_epoch(torch.randperm(len(run.x_tr), generator=gen), dd.rank, dd.world)  # same permutation on every rank
+    if dd.rank > 0:
+        gen = torch.Generator().manual_seed(rank_seed)
+    run.net.train()
+    tot_loss = tot_correct = tot_n = 0.0
+    t0 = time.perf_counter()
+    bar = progress_bar(list(order.split(s.batch_size)), enabled=progress and dd.is_main, desc=f"epoch {epoch}/{s.epochs}")
+    # Gaussian noise augmentation leaves [0, 1] on purpose (Cohen et al. do not clip)
+    noisy = unchecked_inputs(run.model) if s.noise_sigma > 0 else contextlib.nullcontext()
+    with noisy:
+        for i, idx in enumerate(bar):
+            xb = random_shift(run.x_tr[idx], s.augment_shift, generator=gen)
+            xb, yb = xb.to(dev), run.y_tr[idx].to(dev)
+            if s.noise_sigma > 0:  # Gaussian augmentation for randomized smoothing (Cohen et al. 2019)
+                xb = xb + s.noise_sigma * torch.randn_like(xb)
+            logits, loss = _batch_loss(run, xb, yb, epoch=epoch, i=i)
+            run.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            run.opt.step()
+            if run.sched is not None:
+                run.sched.step()
+            tot_loss += loss.item() * len(yb)
+            tot_correct += (logits.argmax(1) == yb).sum().item()
+            tot_n += len(yb)
+            bar.set_postfix(loss=f"{tot_loss / tot_n:.4f}", acc=f"{100 * tot_correct / tot_n:.2f}%")
+    epoch_seconds = distributed.max_float(time.perf_counter() - t0)
+    tot_loss, tot_correct, tot_n = distributed.sum_floats([tot_loss, tot_correct, tot_n])
+    return {
+        "epoch": epoch,
+        "train_loss": tot_loss / tot_n,
+        "train_accuracy": tot_correct / tot_n,
+        "val_loss": None,
+        "val_accuracy": None,
+        "val_pgd_accuracy": None,
+        "lr": run.opt.param_groups[0]["lr"],
+        "seconds": epoch_seconds,
+        "img_per_s": tot_n / epoch_seconds,
+    }
+
+
+def _validate(run: _Loop) -> Dict[str, Any]:
+    """Loss and accuracy on the held-out split (sharded over ranks), and PGD-10 accuracy for adversarial training."""
+    model, val, dd, dev, s = run.model, run.val, run.dd, run.dev, run.settings
+    model.eval()
+    mine = torch.arange(dd.rank, len(val[0]), dd.world)  # validation sharded over ranks, sums gathered
+    with torch.inference_mode():
+        vl = vc = 0.0
+        for part in mine.split(500):
+            lg = model(val[0][part].to(dev))
+            vl += spike_loss(lg, val[1][part].to(dev), kind=s.loss, num_steps=model.num_steps).item() * len(part)
+            vc += (lg.argmax(1).cpu() == val[1][part]).sum().item()
+    vl, vc = distributed.sum_floats([vl, vc])
+    row: Dict[str, Any] = {"val_loss": vl / len(val[0]), "val_accuracy": vc / len(val[0])}
+    if s.adv != "none":
+        row["val_pgd_accuracy"] = _val_pgd_accuracy(model, val, s.adv_eps, dev)
+    return row
+
+
+def _log_epoch(run: _Loop, row: Dict[str, Any]) -> None:
+    if abs(row["train_loss"] - math.log(run.cfg["num_classes"])) < 1e-3 and run.settings.loss == "ce":
+        log.warning("epoch %d: the network is silent (uniform output, loss = ln K); lower --lr, or ramp the attack with "
+                    "--adv-warmup for adversarial training", row["epoch"])
+    log.info(
+        "epoch %d: loss %.4f, train acc %.2f%%%s, %.0f img/s",
+        row["epoch"], row["train_loss"], 100 * row["train_accuracy"],
+        ("" if row["val_accuracy"] is None else f", val acc {100 * row['val_accuracy']:.2f}%")
+        + ("" if row["val_pgd_accuracy"] is None else f", val PGD-10 acc {100 * row['val_pgd_accuracy']:.2f}%"),
+        row["img_per_s"],
+    )
+
+
+def _save_state(run: _Loop, epoch: int) -> None:
+    """Everything ``--resume`` needs after ``epoch``, written atomically."""
+    state = {
+        "config": run.cfg,
+        "settings": asdict(run.settings),
+        "model": run.model.state_dict(),
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict() if run.sched is not None else None,
+        "history": run.history,
+        "epoch": epoch,
+        "train_seconds": run.train_seconds,
+        "world_size": run.dd.world,
+    }
+    with atomic_path(run.sp) as tmp:
+        torch.save(state, tmp)
+
+
+def _finish(run: _Loop, *, data_dir: Optional[str], command: Optional[str], progress: bool) -> Tuple[SpikingClassifier, Dict[str, Any]]:
+    """Rank 0 tests the model and writes the checkpoint (the training state goes); every rank gets the metrics."""
+    model, s, dd, history = run.model, run.settings, run.dd, run.history
     model.eval()
     if not dd.is_main:  # rank 0 tests and writes the checkpoint; the others wait and get its metrics
         result = distributed.broadcast_object(None)
         return model, result
-    x_te, y_te = load_split(settings.dataset, "test", data_dir=data_dir, limit=settings.test_limit)
+    x_te, y_te = load_split(s.dataset, "test", data_dir=data_dir, limit=s.test_limit)
     test = evaluate_clean(model, x_te, y_te, progress=progress)
     metrics = {
         "test_accuracy": test["accuracy"],
@@ -437,18 +491,18 @@ def train(
     }
     recipe = {
         "command": command,
-        **asdict(settings),
-        "device": str(dev),
+        **asdict(s),
+        "device": str(run.dev),
         "torch_threads": torch.get_num_threads(),
         "world_size": dd.world,
-        "effective_batch_size": dd.world * settings.batch_size,
-        "effective_lr": lr,
-        "train_seconds": train_seconds,
+        "effective_batch_size": dd.world * s.batch_size,
+        "effective_lr": run.lr,
+        "train_seconds": run.train_seconds,
         "epochs_run": len(history),
     }
-    save_checkpoint(out, model, metrics=metrics, recipe=recipe)
-    sp.unlink(missing_ok=True)
-    result = {**metrics, "history": history, "checkpoint": str(out), "train_seconds": train_seconds}
+    save_checkpoint(run.out, model, metrics=metrics, recipe=recipe)
+    run.sp.unlink(missing_ok=True)
+    result = {**metrics, "history": history, "checkpoint": str(run.out), "train_seconds": run.train_seconds}
     return model, distributed.broadcast_object(result)
 
 
