@@ -7,7 +7,7 @@ sequence at once (SpikingJelly's multi-step mode) with exactly the update of
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import snntorch as snn
 import torch
@@ -16,26 +16,6 @@ from ..surrogates import make_spike_fn
 from .base import SpikingNeuron, State, reset_signal
 
 _RESET_CODE = {"subtract": 0, "zero": 1, "none": 2}
-
-
-def _lif_forward(cur_seq: torch.Tensor, beta: torch.Tensor, thr: torch.Tensor, reset: int, spike_fn) -> tuple:
-    """The LIF recurrence of ``snn.Leaky`` (reset_delay=True); returns (spk_seq, mem_seq)."""
-    mem = torch.zeros_like(cur_seq[0])
-    spk_prev = torch.zeros_like(cur_seq[0])
-    spikes: List[torch.Tensor] = []
-    mems: List[torch.Tensor] = []
-    for t in range(cur_seq.shape[0]):
-        r = spk_prev.detach()  # == snn.Leaky.mem_reset(mem): detached Heaviside of the previous step
-        if reset == 0:
-            mem = beta * mem + cur_seq[t] - r * thr
-        elif reset == 1:
-            mem = beta * ((1 - r) * mem) + cur_seq[t]
-        else:
-            mem = beta * mem + cur_seq[t]
-        spk_prev = spike_fn(mem - thr)
-        spikes.append(spk_prev)
-        mems.append(mem)
-    return torch.stack(spikes), torch.stack(mems)
 
 
 def _empty_seq(num_steps: int, like: torch.Tensor) -> torch.Tensor:
@@ -58,7 +38,7 @@ def _fast_lif_forward(cur: torch.Tensor, num_steps: int, static: bool, beta: flo
                       reset: int, keep_mem: bool = True) -> tuple:
     """No-grad LIF recurrence with one fused update per step into preallocated buffers.
 
-    Same arithmetic as :func:`_lif_forward` (``mem - thr > 0`` is ``mem > thr`` in IEEE
+    Same arithmetic as :meth:`LIF.step` (``mem - thr > 0`` is ``mem > thr`` in IEEE
     floats); each step touches only ``[B, ...]`` slices, which stay in cache.
     """
     like = cur if static else cur[0]
@@ -230,8 +210,6 @@ class LIF(SpikingNeuron):
             T = int(num_steps) if static else cur_seq.shape[0]
             keep_mem = self.record or (torch.is_grad_enabled() and cur_seq.requires_grad)
             spk_seq, mem_seq = _FusedLIF.apply(cur_seq, beta, thr, reset, spike_fn, T, static, keep_mem)
-        else:  # plain autograd through the loop: the reference path
-            if static:
-                cur_seq = cur_seq.unsqueeze(0).expand(int(num_steps), *cur_seq.shape)
-            spk_seq, mem_seq = _lif_forward(cur_seq, beta, thr, reset, spike_fn)
+        else:  # plain autograd through :meth:`step`: the reference path
+            return super().simulate(cur_seq, spike_fn, num_steps)
         return spk_seq, (mem_seq if self.record else None)
