@@ -262,8 +262,9 @@ DEFAULT_ATTACK_LIMIT = 1000
 @checkpoint_option
 @click.option("--suite", default=None, help="Attack suite (default: standard, the strong SNN-aware cascade; quick: FGSM + PGD "
               "smoke test). Not with --attack.")
-@click.option("--attack", "attack_names", default=None, help="Run exactly these attacks instead of a suite, comma-separated "
-              "(see `robust-snn info`); each attacks every clean-correct input.")
+@click.option("--attack", "attack_names", default=None, help="Run exactly these attacks instead of a suite, comma-separated, "
+              "each optionally with hyperparameters: fgsm,pgd:steps=50,step_scale=2 (see `robust-snn info`); each attacks every "
+              "clean-correct input.")
 @click.option("--eps", default=None, help="L∞ budgets on the [0, 1] scale, comma-separated  [default: 0.1]")
 @click.option("--eps-l2", default=None, help="L2 radii for L2 attacks (pgdl2, cw, deepfool), comma-separated (default 1.5).")
 @click.option("--steps", type=int, default=None, help="Iterations of iterative attacks (default: per attack, see info).")
@@ -319,13 +320,14 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     from .surrogates import parse_spec
 
     from .attacks import get_spec, get_suite
+    from .attacks.registry import parse_attack, split_attack_list
 
     if attack_names is not None and suite is not None:
         raise RobustSNNError("give --attack (exactly these attacks) or --suite, not both")
-    names = None if attack_names is None else [a.strip() for a in attack_names.split(",") if a.strip()]
+    names = None if attack_names is None else split_attack_list(attack_names)
     if names is not None and not names:
         raise RobustSNNError("--attack is empty; name at least one attack (see `robust-snn info`)")
-    specs = [get_spec(a) for a in names] if names is not None else [get_spec(st.attack) for st in get_suite(suite or "standard").stages]
+    specs = [parse_attack(a)[0] for a in names] if names is not None else [get_spec(st.attack) for st in get_suite(suite or "standard").stages]
     norms = {sp.norm for sp in specs}
     for opt, value, knob in (("--steps", steps, "steps"), ("--queries", queries, "queries")):
         if value is not None and not any(knob in sp.defaults for sp in specs):

@@ -76,7 +76,11 @@ def parse_params(name: str, raw: Dict[str, str], fn: Callable[..., Any], *, spec
     for k, v in raw.items():
         value = parse_value(v, key=k, spec=spec, what=what)
         default = defaults[k]
-        if isinstance(default, bool) or default is None or isinstance(default, str):
+        if isinstance(default, bool):
+            if str(v).lower() not in ("true", "false", "1", "0"):
+                raise RobustSNNError(f"{what} parameter {k} in {spec!r} must be true or false, got {v!r}")
+            out[k] = str(v).lower() in ("true", "1")
+        elif default is None or isinstance(default, str):
             out[k] = value
         elif isinstance(value, str):
             raise RobustSNNError(f"{what} parameter {k} in {spec!r} must be a number, got {v!r}")

@@ -45,3 +45,21 @@ def test_surrogates_use_the_same_language():
         parse_spec("atan:alpha")
     with pytest.raises(RobustSNNError, match=r"must be a finite number in \(0, "):
         parse_spec("atan:alpha=inf")
+
+
+def test_attacks_take_hyperparameters_in_the_same_language(tiny_model, eval_batch):
+    from robust_snn.attacks import evaluate
+    from robust_snn.attacks.registry import parse_attack, split_attack_list
+
+    assert split_attack_list("fgsm, pgd:steps=50,step_scale=2 ,apgd") == ["fgsm", "pgd:steps=50,step_scale=2", "apgd"]
+    spec, params = parse_attack("pgd:steps=3,random_start=false")
+    assert spec.name == "pgd" and params == {"steps": 3, "random_start": False}
+    for bad, msg in [("pgd:steps=0", "integer >= 1"), ("pgd:steps=2.5", "whole number"), ("pgd:radius=2", "allowed: alpha"),
+                     ("square:p_init=-1", "positive"), ("pgd:random_start=maybe", "true or false")]:
+        with pytest.raises(RobustSNNError, match=msg):
+            parse_attack(bad)
+    x, y = eval_batch[0][:16], eval_batch[1][:16]
+    res = evaluate(tiny_model, x, y, attacks=["pgd:steps=1,random_start=false", "pgd:steps=10"], eps=[0.1], checks=False)
+    one, ten = res.row("pgd:steps=1,random_start=false", 0.1), res.row("pgd:steps=10", 0.1)
+    assert one["params"]["steps"] == 1 and ten["params"]["steps"] == 10 and not one["params"]["random_start"]
+    assert one["robust_accuracy"] <= res.clean_accuracy and ten["robust_accuracy"] <= res.clean_accuracy

@@ -25,7 +25,7 @@ from .checks import TOL_BOUND, check_convergence, check_model, check_results
 from .eot import EOT
 from .guard import GradGuard
 from .result import EvaluationResult, result_key
-from .registry import AttackSpec, attack_params, build_attack, get_spec
+from .registry import AttackSpec, attack_params, build_attack, get_spec, parse_attack
 from .suite import DEFAULT_SUITE, Suite, get_suite
 from ..utils import progress_bar
 
@@ -162,11 +162,13 @@ def evaluate(
     if attacks is not None and suite is not None:
         raise RobustSNNError("give either attacks or a suite, not both")
     the_suite: Optional[Suite] = None
+    overrides: List[Dict[str, Any]] = []
     if attacks is None:
         the_suite = get_suite(suite or DEFAULT_SUITE)
         specs = [get_spec(st.attack) for st in the_suite.stages]
-    else:
-        specs = [get_spec(a) for a in dict.fromkeys(a.strip().lower() for a in attacks)]
+    else:  # names, or specs with hyperparameters ("pgd:steps=50")
+        parsed = [parse_attack(a) for a in dict.fromkeys(a.strip().lower() for a in attacks)]
+        specs, overrides = [sp for sp, _ in parsed], [o for _, o in parsed]
     if not specs:
         raise RobustSNNError("no attack given")
     detector = getattr(model, "detector", None)
@@ -190,7 +192,7 @@ def evaluate(
         raise RobustSNNError("images must be in [0, 1]")
     grads = _surrogates(surrogate)
     jobs = _jobs(specs, the_suite, eps=eps, eps_l2=eps_l2, grads=grads, surrogate=surrogate, steps=steps, queries=queries,
-                 seed=seed)
+                 seed=seed, overrides=overrides)
     stages = list(dict.fromkeys(j.label for j in jobs)) if the_suite is not None else None  # before pgd-tcc is added
     if add_tcc:
         tcc = get_spec("pgd-tcc")
@@ -481,18 +483,22 @@ def _summary(run: _Run, check_list: List[Dict[str, Any]], *, surrogate: Optional
 
 
 def _jobs(specs: List[AttackSpec], suite: Optional[Suite], *, eps: List[float], eps_l2: List[float], grads: List[Optional[str]],
-          surrogate: Optional[str], steps: Optional[int], queries: Optional[int], seed: int) -> List[_Job]:
+          surrogate: Optional[str], steps: Optional[int], queries: Optional[int], seed: int,
+          overrides: Sequence[Dict[str, Any]] = ()) -> List[_Job]:
     """The attack jobs in run order: per attack (or suite stage), per budget.
 
-    Gradient-free attacks run once, whatever the gradient choices.
+    Gradient-free attacks run once, whatever the gradient choices. ``overrides`` (one per
+    attack) are hyperparameters from ``name:key=value`` specs; they win over ``steps``/``queries``.
     """
     jobs: List[_Job] = []
     if suite is None:
-        for sp in specs:
+        for i, sp in enumerate(specs):
             g = (None,) if sp.gradient_free else tuple(grads)
             label = "model" if sp.gradient_free else (surrogate or "model")
-            params = attack_params(sp, steps=steps, queries=queries, seed=seed)
-            jobs += [_Job(sp, e, g, params, sp.name, label, False) for e in (eps if sp.norm == "Linf" else eps_l2)]
+            own = overrides[i] if i < len(overrides) else {}
+            params = {**attack_params(sp, steps=steps, queries=queries, seed=seed), **own}
+            name = sp.name + (":" + ",".join(f"{k}={_spec_value(v)}" for k, v in own.items()) if own else "")
+            jobs += [_Job(sp, e, g, params, name, label, False) for e in (eps if sp.norm == "Linf" else eps_l2)]
         return jobs
     for st, sp in zip(suite.stages, specs):
         params = attack_params(sp, steps=st.steps if steps is None else steps, queries=st.queries if queries is None else queries,
@@ -510,6 +516,11 @@ def _jobs(specs: List[AttackSpec], suite: Optional[Suite], *, eps: List[float], 
                       label, suite.cascade) for e in (eps if sp.norm == "Linf" else eps_l2)
                  if first or e > 0 or not suite.cascade]  # a zero budget breaks nothing: at eps 0 only the first stage runs
     return jobs
+
+
+def _spec_value(v: Any) -> str:
+    """A hyperparameter as written in a spec: ``2.5``, ``50``, ``false``."""
+    return str(v).lower() if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _convergence(jobs: List[_Job], robust_masks: Dict[tuple, torch.Tensor], x: torch.Tensor, y: torch.Tensor,

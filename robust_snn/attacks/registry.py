@@ -7,13 +7,14 @@ L2 radius) and keyword overrides, and returns a :class:`torchattacks.Attack`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torchattacks
 
 from ..errors import RobustSNNError
 from ..pgd import PGD_STEP_SCALE, step_size
+from ..specs import parse_params, split_spec
 from ..threat import ThreatModel, get_threat_model
 from .consistency_pgd import ConsistencyPGD
 from .cw import CW
@@ -157,6 +158,41 @@ def get_spec(name: str) -> AttackSpec:
     if key not in ATTACKS:
         raise RobustSNNError(f"unknown attack {name!r}; choose from: {', '.join(ATTACKS)}")
     return ATTACKS[key]
+
+
+def parse_attack(text: str) -> Tuple[AttackSpec, Dict[str, Any]]:
+    """``"pgd:steps=50,step_scale=2"`` -> ``(ATTACKS["pgd"], {"steps": 50, "step_scale": 2.0})``.
+
+    The same ``name:key=value`` language as surrogates and defenses (:mod:`robust_snn.specs`);
+    the allowed keys are the attack's hyperparameters (its ``defaults``).
+    """
+    name, raw = split_spec(text, what="attack")
+    spec = get_spec(name)
+    params = parse_params(name, raw, spec.build, spec=text, what="attack", allowed=dict(spec.defaults))
+    for k, v in params.items():
+        if k in ("steps", "queries", "targets") and (not isinstance(v, int) or v < 1):
+            raise RobustSNNError(f"attack parameter {k} in {text!r} must be an integer >= 1, got {v}")
+        if k == "seed" and v < 0:
+            raise RobustSNNError(f"attack parameter seed in {text!r} must be >= 0, got {v}")
+        if k != "seed" and isinstance(v, float) and not v > 0:
+            raise RobustSNNError(f"attack parameter {k} in {text!r} must be positive, got {v:g}")
+    return spec, params
+
+
+def split_attack_list(text: str) -> List[str]:
+    """``"fgsm,pgd:steps=50,step_scale=2,apgd"`` -> ``["fgsm", "pgd:steps=50,step_scale=2", "apgd"]``.
+
+    A comma separates attacks, except before ``key=value`` (a parameter of the attack before it).
+    """
+    out: List[str] = []
+    for part in (t.strip() for t in text.split(",")):
+        if not part:
+            continue
+        if "=" in part and ":" not in part and out:
+            out[-1] += "," + part
+        else:
+            out.append(part)
+    return out
 
 
 def attack_params(spec: AttackSpec, *, steps: Optional[int] = None, queries: Optional[int] = None, seed: Optional[int] = None) -> Dict[str, Any]:
