@@ -116,6 +116,9 @@ def shutdown() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        import gc
+
+        gc.collect()  # objects holding the group (a DDP reducer) go while it is alive, not at interpreter exit
         dist.barrier()
         dist.destroy_process_group()
 

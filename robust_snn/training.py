@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import io
 import logging
 import math
@@ -300,6 +301,12 @@ def train(
         if dd.is_main:
             _write_logs(out, run.history)
             _save_state(run, epoch)
+    if run.net is not model:
+        # Tear DistributedDataParallel down now, while the process group is alive: left to the garbage collector
+        # it may be destroyed at interpreter exit, after destroy_process_group, and gloo aborts the process
+        # ("terminate called without an active exception", pytorch#190489).
+        run.net = model
+        gc.collect()
     return _finish(run, data_dir=data_dir, command=command, progress=progress)
 
 

@@ -232,3 +232,4 @@ def test_commands_without_sharding_refuse_torchrun(monkeypatch, tmp_path):
 def test_python_dash_m_runs_the_cli():
     proc = subprocess.run([sys.executable, "-m", "robust_snn", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Usage: robust-snn" in proc.stdout and "train" in proc.stdout
+
