@@ -51,7 +51,14 @@ class ThreatModel:
         return {"units": self.units, "description": self.description}
 
 
-class LinfImages(ThreatModel):
+class _ImageThreatModel(ThreatModel):
+    """Perturbations of images, which stay in [0, 1]."""
+
+    def in_domain(self, x: torch.Tensor) -> bool:
+        return bool(x.min() >= 0) and bool(x.max() <= 1)
+
+
+class LinfImages(_ImageThreatModel):
     """Every pixel moves by at most ``eps`` (pixel scale [0, 1]); images stay in [0, 1]."""
 
     name = "Linf"
@@ -70,11 +77,8 @@ class LinfImages(ThreatModel):
     def project(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
         return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
 
-    def in_domain(self, x: torch.Tensor) -> bool:
-        return bool(x.min() >= 0) and bool(x.max() <= 1)
 
-
-class L2Images(ThreatModel):
+class L2Images(_ImageThreatModel):
     """The perturbation's Euclidean norm is at most ``eps`` (pixel scale); images stay in [0, 1]."""
 
     name = "L2"
@@ -95,9 +99,6 @@ class L2Images(ThreatModel):
         norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
         # clipping to [0, 1] after scaling only moves coordinates towards x (x is in [0, 1]): the norm can only shrink
         return (x + delta * torch.clamp(eps / norm, max=1.0)).clamp(0, 1)
-
-    def in_domain(self, x: torch.Tensor) -> bool:
-        return bool(x.min() >= 0) and bool(x.max() <= 1)
 
 
 class L0Events(ThreatModel):
