@@ -595,6 +595,35 @@ def app(checkpoint: Optional[str], host: str, port: int, data_dir: Optional[str]
     launch(checkpoint, host=host, port=port, data_dir=data_dir, device=device)
 
 
+@main.command(name="make-nmnist")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Root folder (tonic's layout: OUT/NMNIST/Train|Test/<digit>/).")
+@click.option("--split", default="test", show_default=True, help="train or test (the MNIST split to convert).")
+@click.option("--limit", type=int, default=None, help="Only the first N digits.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--noise-hz", type=float, default=0.0, show_default=True, help="Background-activity events per pixel per second.")
+@force_option
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@data_dir_option
+@_user_errors
+def make_nmnist_cmd(out: str, split: str, limit: Optional[int], seed: int, noise_hz: float, force: bool, quiet: bool,
+                    data_dir: Optional[str]) -> None:
+    """Write SYNTHETIC N-MNIST: an event-camera simulator replaying N-MNIST's saccades on MNIST digits.
+
+    Real N-MNIST-format .bin files in tonic's layout (read them with tonic); not the real recordings.
+    """
+    from .events.synthetic import SensorModel, make_nmnist
+
+    if limit is not None and limit < 1:
+        raise RobustSNNError(f"--limit must be >= 1, got {limit}")
+    if seed < 0:
+        raise RobustSNNError(f"--seed must be >= 0, got {seed}")
+    if not 0 <= noise_hz < float("inf"):
+        raise RobustSNNError(f"--noise-hz must be a finite number >= 0, got {noise_hz}")
+    folder, n = make_nmnist(out, split=split, limit=limit, seed=seed, data_dir=data_dir, sensor=SensorModel(noise_hz=noise_hz),
+                            force=force, progress=not quiet)
+    click.echo(f"wrote {n} synthetic N-MNIST files under {folder} (simulated from MNIST {split}; not the real recordings)")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_user_errors

@@ -1,0 +1,78 @@
+"""Synthetic N-MNIST: the simulator, N-MNIST's file format, and tonic reading the files back."""
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from robust_snn.cli import main
+from robust_snn.data import load_split
+from robust_snn.events import SensorModel, encode_nmnist, simulate
+from robust_snn.events.synthetic import SENSOR, saccade_path
+
+DTYPE = np.dtype([("x", int), ("y", int), ("t", int), ("p", int)])
+
+
+def test_saccades_follow_the_triangle_and_return():
+    path = saccade_path(300)
+    assert path.shape == (300, 2) and np.allclose(path[0], path[-1], atol=0.1)
+    assert path[:, 0].min() >= 0 and path[:, 1].max() <= SENSOR - 28  # the digit stays on the sensor
+
+
+def test_events_are_deterministic_sorted_and_on_the_moving_digit():
+    x, _ = load_split("mnist", "test", limit=3)
+    digit = x[1, 0].numpy()
+    ev = simulate(digit, seed=7)
+    again = simulate(digit, seed=7)
+    assert all(np.array_equal(ev[k], again[k]) for k in "xytp")
+    assert len(ev["t"]) > 500 and np.all(np.diff(ev["t"]) >= 0) and 0 <= ev["t"].min() and ev["t"].max() < 300_000
+    assert 0.3 < ev["p"].mean() < 0.7  # ON and OFF edges alike
+    support = np.zeros((SENSOR, SENSOR), bool)  # where the digit's ink ever is during the saccades
+    ys, xs = np.nonzero(digit > 0)
+    for dx, dy in np.floor(saccade_path(300)).astype(int):
+        for ox in (0, 1):
+            for oy in (0, 1):
+                support[np.clip(ys + dy + oy, 0, SENSOR - 1), np.clip(xs + dx + ox, 0, SENSOR - 1)] = True
+    assert support[ev["y"], ev["x"]].all()  # no events where nothing moves (no noise asked)
+    noisy = simulate(digit, seed=7, sensor=SensorModel(noise_hz=5.0))
+    assert len(noisy["t"]) > len(ev["t"]) and not support[noisy["y"], noisy["x"]].all()
+    assert len(simulate(np.zeros((28, 28), np.float32), seed=0)["t"]) == 0  # a blank screen makes no events
+
+
+def test_nmnist_binary_format_round_trips_through_tonic():
+    from tonic.io import read_mnist_file
+
+    ev = {"x": np.array([0, 33, 5]), "y": np.array([0, 33, 7]), "t": np.array([0, 1000, 2**23 - 1]), "p": np.array([1, 0, 1])}
+    data = encode_nmnist(ev)
+    assert len(data) == 15
+    import io
+
+    back = read_mnist_file(io.BytesIO(data), dtype=DTYPE, is_stream=True)
+    assert all(back[k].tolist() == ev[k].tolist() for k in "xytp")
+    from robust_snn.errors import RobustSNNError
+
+    with pytest.raises(RobustSNNError, match="23 bits"):
+        encode_nmnist({**ev, "t": np.array([0, 1, 2**23])})
+    with pytest.raises(RobustSNNError, match="240"):
+        encode_nmnist({**ev, "y": np.array([0, 240, 1])})
+
+
+def test_make_nmnist_writes_tonics_layout_and_tonic_reads_it(tmp_path):
+    import tonic
+
+    res = CliRunner().invoke(main, ["make-nmnist", "--out", str(tmp_path), "--limit", "12", "--seed", "3", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 12 synthetic N-MNIST files" in res.output and "not the real recordings" in res.output
+    files = sorted((tmp_path / "NMNIST" / "Test").glob("*/*.bin"))
+    _, y = load_split("mnist", "test", limit=12)
+    assert len(files) == 12 and sorted(int(f.parent.name) for f in files) == sorted(y.tolist())
+    ev = tonic.io.read_mnist_file(str(files[0]), dtype=DTYPE)
+    frames = tonic.transforms.ToFrame(sensor_size=(34, 34, 2), n_time_bins=8)(ev)
+    # tonic's ToFrame leaves out the event on the last bin's closing edge
+    assert frames.shape == (8, 2, 34, 34) and len(ev) - 1 <= frames.sum() <= len(ev) and (frames[:, 0].sum() > 0) and (frames[:, 1].sum() > 0)
+    assert torch.from_numpy(frames).float().sum() > 0
+    # never overwrite without --force; reproducible with it
+    again = CliRunner().invoke(main, ["make-nmnist", "--out", str(tmp_path), "--limit", "12", "--seed", "3", "--quiet"])
+    assert again.exit_code == 1 and "--force" in again.output
+    before = files[0].read_bytes()
+    forced = CliRunner().invoke(main, ["make-nmnist", "--out", str(tmp_path), "--limit", "12", "--seed", "3", "--quiet", "--force"])
+    assert forced.exit_code == 0 and files[0].read_bytes() == before
