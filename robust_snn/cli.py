@@ -98,8 +98,9 @@ def main(ctx: click.Context, verbose: int) -> None:
 
 
 @main.command()
-@click.option("--model", "arch", default="csnn", show_default=True, help="csnn, csnn-deep or fcsnn.")
-@click.option("--dataset", default="mnist", show_default=True, help="mnist, fashion-mnist or cifar10.")
+@click.option("--model", "arch", default="csnn", show_default=True, help="csnn, csnn-deep, fcsnn or scnn (the N-MNIST SpikingCNN).")
+@click.option("--dataset", default="mnist", show_default=True, help="mnist, fashion-mnist, cifar10 or nmnist (event frames, "
+              "tonic's layout under --data-dir; `robust-snn make-nmnist` writes a synthetic set).")
 @click.option("--epochs", type=int, default=5, show_default=True)
 @click.option("--num-steps", type=int, default=8, show_default=True, help="Time steps T.")
 @click.option("--encoding", default="direct", show_default=True, help="direct, rate or latency.")
@@ -213,7 +214,7 @@ def eval_cmd(checkpoint: Optional[str], dataset: Optional[str], split: str, limi
         claim_outputs(out, ["confusion.png", "eval.json"], force=force)
     model = load_model(checkpoint, device=device, num_steps=num_steps)
     ds = dataset or model.config["dataset"]
-    x, y = load_split(ds, split, data_dir=data_dir, limit=limit)
+    x, y = load_split(ds, split, data_dir=data_dir, limit=limit, num_steps=model.num_steps)
     res = evaluate_clean(model, x, y, batch_size=batch_size, samples=samples, progress=not as_json)
     result = {"checkpoint": model.checkpoint_path, "dataset": ds, "split": split, **res}
     if out:
@@ -397,7 +398,7 @@ def _defended_setup(model: Any, ds: str, *, defenses: Sequence[str], detector: O
     if not defenses and detector is None:
         if not adaptive:
             raise RobustSNNError("--no-adaptive needs a --defense or --detector to transfer to")
-        x, y = load_split(ds, "test", data_dir=data_dir, limit=limit)
+        x, y = load_split(ds, "test", data_dir=data_dir, limit=limit, num_steps=model.num_steps)
         return model, None, x, y, notes
     calib = None
     if detector is not None:

@@ -35,6 +35,7 @@ class DatasetInfo:
     classes: Tuple[str, ...]
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
+    input: str = "image"  # "events": [N, T, P, H, W] binary event frames (T = the model's num_steps)
 
 
 DATASETS: Dict[str, DatasetInfo] = {
@@ -49,6 +50,8 @@ DATASETS: Dict[str, DatasetInfo] = {
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
     ),
+    # N-MNIST events (tonic's layout NMNIST/Train|Test/<digit>/*.bin; `robust-snn make-nmnist` writes a synthetic one)
+    "nmnist": DatasetInfo("nmnist", "NMNIST", 2, (34, 34), tuple(str(i) for i in range(10)), (0.0,), (1.0,), input="events"),
 }
 
 _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -121,6 +124,7 @@ def load_split(
     data_dir: Optional[str | os.PathLike] = None,
     download: bool = True,
     limit: Optional[int] = None,
+    num_steps: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Load one split as tensors.
 
@@ -130,9 +134,11 @@ def load_split(
         data_dir: torchvision-layout root; default :func:`default_data_dir`.
         download: allow torchvision to download when nothing local is found.
         limit: keep only the first ``limit`` examples.
+        num_steps: time bins of event datasets (the model's T; default 8).
 
     Returns:
-        ``(x, y)`` with ``x`` ``[N, C, H, W]`` float in [0, 1] and ``y`` ``[N]`` int64.
+        ``(x, y)`` with ``x`` ``[N, C, H, W]`` float in [0, 1] (event datasets: ``[N, T, P, H, W]``
+        binary event frames) and ``y`` ``[N]`` int64.
     """
     info = dataset_info(dataset)
     if split not in ("train", "test"):
@@ -140,6 +146,8 @@ def load_split(
     if limit is not None and limit < 1:
         raise RobustSNNError(f"--limit must be a positive number, got {limit}")
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    if info.input == "events":
+        return load_event_frames(root, split, num_steps=num_steps or 8, limit=limit)
     found = None
     if info.folder in ("MNIST", "FashionMNIST"):
         found = _load_idx_split(root / info.folder / "raw", split)
@@ -151,6 +159,38 @@ def load_split(
     x, y = found
     if limit is not None:
         x, y = x[:limit], y[:limit]
+    return x, y
+
+
+def load_event_frames(root: Path, split: str, *, num_steps: int, limit: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """N-MNIST files under ``root/NMNIST/<Train|Test>/<digit>/*.bin`` as binary frames ``[N, T, 2, 34, 34]``.
+
+    Read with tonic (``read_mnist_file``, ``ToFrame`` with ``num_steps`` time bins), a bin set
+    where a pixel had at least one event of that polarity. Files are taken in (digit folder,
+    file name) order, interleaved across digits so that ``limit`` keeps the classes balanced.
+    No download is attempted (tonic's ``NMNIST(save_to=..., train=...)`` does that for real
+    recordings; ``robust-snn make-nmnist`` writes a synthetic set).
+    """
+    import tonic
+
+    folder = root / "NMNIST" / ("Train" if split == "train" else "Test")
+    per_digit = [sorted((folder / str(d)).glob("*.bin")) for d in range(10)]
+    if not any(per_digit):
+        raise RobustSNNError(f"no N-MNIST {split} files under {folder}; get the real ones with tonic "
+                             f"(tonic.datasets.NMNIST(save_to=DIR)) or write synthetic ones: robust-snn make-nmnist --out {root} "
+                             f"--split {split}")
+    order = [(d, f) for k in range(max(len(p) for p in per_digit)) for d, files in enumerate(per_digit) if k < len(files)
+             for f in [files[k]]]
+    if limit is not None:
+        order = order[:limit]
+    dtype = np.dtype([("x", int), ("y", int), ("t", int), ("p", int)])
+    to_frame = tonic.transforms.ToFrame(sensor_size=(34, 34, 2), n_time_bins=int(num_steps))
+    x = torch.zeros((len(order), int(num_steps), 2, 34, 34), dtype=torch.float32)
+    for i, (_, f) in enumerate(order):
+        ev = tonic.io.read_mnist_file(str(f), dtype=dtype)
+        if len(ev):
+            x[i] = torch.from_numpy(to_frame(ev) > 0)
+    y = torch.tensor([d for d, _ in order], dtype=torch.long)
     return x, y
 
 

@@ -21,7 +21,7 @@ from .errors import RobustSNNError
 from .neurons import NEURONS, RESET_MECHANISMS, SpikingNeuron, make_neuron
 from .surrogates import canonical
 
-ARCHITECTURES = ("csnn", "csnn-deep", "fcsnn")
+ARCHITECTURES = ("csnn", "csnn-deep", "fcsnn", "scnn")
 READOUTS = ("count", "membrane")
 INPUT_KINDS = ("image", "events")
 
@@ -70,6 +70,8 @@ def check_num_steps(num_steps: Any, *, option: str = "num_steps (--num-steps)") 
 
 ARCH_DEFAULTS = {
     "csnn": {"channels": [32, 64], "hidden": [512], "dropout": 0.0},
+    # the N-MNIST seed's SpikingCNN: three conv + max-pool blocks with LIF neurons, an FC LIF layer, an LIF output layer
+    "scnn": {"channels": [16, 32, 64], "hidden": [128], "dropout": 0.0},
     "csnn-deep": {"channels": [32, 64, 64, 128], "hidden": [256], "dropout": 0.2},
     "fcsnn": {"channels": [], "hidden": [512, 256], "dropout": 0.0},
 }
@@ -99,6 +101,8 @@ def full_config(**overrides: Any) -> Dict[str, Any]:
         raise RobustSNNError(f"unknown reset mechanism {cfg['reset_mechanism']!r}; choose one of: {', '.join(RESET_MECHANISMS)}")
     if cfg["arch"] == "csnn" and len(cfg["channels"]) != 2:
         raise RobustSNNError("csnn takes exactly 2 channel widths, e.g. --channels 32,64")
+    if cfg["arch"] == "scnn" and len(cfg["channels"]) != 3:
+        raise RobustSNNError("scnn takes exactly 3 channel widths, e.g. --channels 16,32,64")
     if cfg["arch"] == "csnn-deep" and len(cfg["channels"]) != 4:
         raise RobustSNNError("csnn-deep takes exactly 4 channel widths, e.g. --channels 32,64,64,128")
     if cfg["readout"] not in READOUTS:
@@ -398,6 +402,12 @@ def _stage_plan(cfg: Dict[str, Any]) -> List[Tuple[str, List[nn.Module]]]:
         plan.append(("conv1", [nn.Conv2d(c_in, c1, 3, padding=1), nn.MaxPool2d(2)]))
         plan.append(("conv2", [nn.Conv2d(c1, c2, 3, padding=1), nn.MaxPool2d(2)]))
         feat = c2 * (h // 4) * (w // 4)
+    elif cfg["arch"] == "scnn":
+        prev = c_in
+        for i, ch in enumerate(cfg["channels"], start=1):
+            plan.append((f"conv{i}", [nn.Conv2d(prev, ch, 3, padding=1), nn.MaxPool2d(2)]))
+            prev, h, w = ch, h // 2, w // 2
+        feat = prev * h * w
     elif cfg["arch"] == "csnn-deep":
         chans = cfg["channels"]
         strides = [1, 2, 1, 2]

@@ -269,9 +269,15 @@ def train(
             "classes": list(info.classes),
             "mean": list(info.mean),
             "std": list(info.std),
+            "input": info.input,
         }
     )
-    x_all, y_all = load_split(settings.dataset, "train", data_dir=data_dir, limit=settings.limit)
+    if info.input == "events":
+        for opt, bad in (("--augment-shift", settings.augment_shift), ("--noise-sigma", settings.noise_sigma),
+                         ("--adv", settings.adv != "none"), ("--encoding", cfg["encoding"] != "direct")):
+            if bad:
+                raise RobustSNNError(f"{opt} applies to image datasets; {settings.dataset} gives ready event frames")
+    x_all, y_all = load_split(settings.dataset, "train", data_dir=data_dir, limit=settings.limit, num_steps=cfg["num_steps"])
     (x_tr, y_tr), val = split_validation(x_all, y_all, settings.val_split, seed=settings.seed)
     if len(x_tr) == 0:
         raise RobustSNNError("no training images left after the validation split; lower --val-split or raise --limit")
@@ -485,7 +491,7 @@ def _finish(run: _Loop, *, data_dir: Optional[str], command: Optional[str], prog
     if not dd.is_main:  # rank 0 tests and writes the checkpoint; the others wait and get its metrics
         result = distributed.broadcast_object(None)
         return model, result
-    x_te, y_te = load_split(s.dataset, "test", data_dir=data_dir, limit=s.test_limit)
+    x_te, y_te = load_split(s.dataset, "test", data_dir=data_dir, limit=s.test_limit, num_steps=model.num_steps)
     test = evaluate_clean(model, x_te, y_te, progress=progress)
     metrics = {
         "test_accuracy": test["accuracy"],

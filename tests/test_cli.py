@@ -35,7 +35,7 @@ def test_info_lists_everything(runner):
     res = runner.invoke(main, ["info", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    assert data["models"] == ["csnn", "csnn-deep", "fcsnn"]
+    assert data["models"] == ["csnn", "csnn-deep", "fcsnn", "scnn"]
     assert {"fgsm", "pgd", "square", "autoattack"} <= set(data["attacks"])
     assert data["attacks"]["pgd"]["defaults"]["step_scale"] == 2.5
     assert "rate" in data["attack_gradients"] and data["encoders"]["rate"]["stochastic"]
