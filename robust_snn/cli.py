@@ -268,6 +268,8 @@ DEFAULT_ATTACK_LIMIT = 1000
               "clean-correct input.")
 @click.option("--eps", default=None, help="L∞ budgets on the [0, 1] scale, comma-separated  [default: 0.1]")
 @click.option("--eps-l2", default=None, help="L2 radii for L2 attacks (pgdl2, cw, deepfool), comma-separated (default 1.5).")
+@click.option("--budget", default=None, help="L0 event budgets (flipped events) for event attacks on event models "
+              "(flip-greedy, flip-random), comma-separated  [default: 10]")
 @click.option("--steps", type=int, default=None, help="Iterations of iterative attacks (default: per attack, see info).")
 @click.option("--queries", type=int, default=None, help="Queries of the Square attack (default 5000).")
 @click.option("--restarts", type=int, default=1, show_default=True, help="Runs per attack; later runs attack only still-robust inputs.")
@@ -295,7 +297,7 @@ DEFAULT_ATTACK_LIMIT = 1000
 @device_option
 @_user_errors
 def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Optional[str], eps: Optional[str], eps_l2: Optional[str],
-           steps: Optional[int], queries: Optional[int], restarts: int, surrogate: Optional[str], eot_samples: Optional[int],
+           budget: Optional[str], steps: Optional[int], queries: Optional[int], restarts: int, surrogate: Optional[str], eot_samples: Optional[int],
            samples: Optional[int], dataset: Optional[str], limit: Optional[str], num_steps: Optional[int], batch_size: int, seed: int,
            out: Optional[str], force: bool, as_json: bool, checks: bool, check_convergence: bool, defenses: tuple, detector: Optional[str],
            adaptive: bool, calibration_size: int, data_dir: Optional[str], device: str) -> None:
@@ -339,6 +341,9 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
         raise RobustSNNError("--eps-l2 sets L2 radii, but none of the attacks is an L2 attack (pgdl2, cw, deepfool); use --eps")
     eps_list = _number_list(eps if eps is not None else "0.1", "--eps")
     eps_l2_list = _number_list(eps_l2, "--eps-l2")
+    if budget is not None and "L0" not in norms:
+        raise RobustSNNError("--budget sets L0 event budgets, but none of the attacks is an event attack (flip-greedy, flip-random)")
+    budget_list = _number_list(budget, "--budget")
     n_limit = _limit(limit, DEFAULT_ATTACK_LIMIT)
     if surrogate is not None and surrogate != "ensemble":
         parse_spec(surrogate)
@@ -360,7 +365,7 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RobustnessWarning)
         result = evaluate(target, x, y, attacks=names, suite=None if names is not None else (suite or "standard"), eps=eps_list,
-                          eps_l2=eps_l2_list, steps=steps, queries=queries, restarts=restarts, surrogate=surrogate,
+                          eps_l2=eps_l2_list, eps_l0=budget_list, steps=steps, queries=queries, restarts=restarts, surrogate=surrogate,
                           eot_samples=eot_samples, samples=samples, batch_size=batch_size, seed=seed, checks=checks,
                           progress=not as_json and dd.is_main, keep_examples=out is not None, source_model=source,
                           convergence=check_convergence)

@@ -94,24 +94,55 @@ def test_event_frames_load_balanced_and_binary(synthetic_nmnist):
     assert torch.bincount(y, minlength=10).tolist() == [4] * 10  # interleaved across digits
 
 
-def test_spiking_cnn_trains_on_synthetic_nmnist_well_above_chance(synthetic_nmnist, tmp_path):
-    from robust_snn import load_model
-
-    out = tmp_path / "scnn.pt"
+@pytest.fixture(scope="module")
+def scnn_checkpoint(synthetic_nmnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scnn") / "scnn.pt"
     res = CliRunner().invoke(main, ["train", "--model", "scnn", "--dataset", "nmnist", "--data-dir", str(synthetic_nmnist),
                                     "--channels", "4,8,8", "--hidden", "32", "--num-steps", "6", "--epochs", "8", "--lr", "5e-3",
                                     "--batch-size", "50", "--val-split", "0", "--threshold", "0.5", "--out", str(out), "--quiet",
                                     "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    model = load_model(out)
+    return out
+
+
+def test_spiking_cnn_trains_on_synthetic_nmnist_well_above_chance(synthetic_nmnist, scnn_checkpoint, tmp_path):
+    import json
+
+    from robust_snn import load_model
+
+    model = load_model(scnn_checkpoint)
     assert model.config["input"] == "events" and model.config["arch"] == "scnn"
     # measured 57.5-62.5 % (1 and 2 threads, and without AVX2 kernels) on 200 synthetic test digits; chance is 10 %
     assert model.checkpoint_metrics["test_accuracy"] > 0.25, model.checkpoint_metrics
-    ev = CliRunner().invoke(main, ["eval", "--checkpoint", str(out), "--data-dir", str(synthetic_nmnist), "--json"])
+    ev = CliRunner().invoke(main, ["eval", "--checkpoint", str(scnn_checkpoint), "--data-dir", str(synthetic_nmnist), "--json"])
     assert ev.exit_code == 0, ev.output
-    import json
-
     assert json.loads(ev.output)["accuracy"] == pytest.approx(model.checkpoint_metrics["test_accuracy"])
     refused = CliRunner().invoke(main, ["train", "--model", "scnn", "--dataset", "nmnist", "--data-dir", str(synthetic_nmnist),
                                         "--adv", "pgd", "--out", str(tmp_path / "x.pt")])
     assert refused.exit_code == 1 and "image datasets" in refused.output
+
+
+def test_event_attacks_stay_binary_within_an_exact_l0_budget(synthetic_nmnist, scnn_checkpoint):
+    from robust_snn import load_model
+    from robust_snn.attacks import evaluate
+    from robust_snn.errors import RobustSNNError
+    from robust_snn.threat import THREAT_MODELS
+
+    model = load_model(scnn_checkpoint)
+    x, y = load_split("nmnist", "test", data_dir=synthetic_nmnist, num_steps=6, limit=60)
+    res = evaluate(model, x, y, attacks=["flip-greedy", "flip-random"], eps_l0=[0, 20], keep_examples=True)
+    l0 = THREAT_MODELS["L0"]
+    for attack in ("flip-greedy", "flip-random"):
+        adv = res.example(attack, 20)
+        assert l0.in_domain(adv) and l0.distance(adv, x).max() <= 20  # binary, at most 20 flipped entries
+        row = res.row(attack, 20)
+        assert row["within_bound"] and row["in_range"] and row["l0_max"] <= 20
+        assert row["robust_accuracy"] < res.clean_accuracy
+        assert res.row(attack, 0)["robust_accuracy"] == res.clean_accuracy  # no budget, no change
+    assert res.worst(20, "L0")["robust_accuracy"] < res.clean_accuracy
+    with pytest.raises(RobustSNNError, match="image attacks"):
+        evaluate(model, x, y, attacks=["fgsm"], eps=[0.1])
+    image_model = load_model()
+    xi, yi = load_split("mnist", "test", limit=8)
+    with pytest.raises(RobustSNNError, match="need a model that takes event tensors"):
+        evaluate(image_model, xi, yi, attacks=["flip-random"], eps_l0=[5])

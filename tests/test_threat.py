@@ -59,7 +59,7 @@ def test_budget_validation_messages():
 
 
 def test_every_attack_names_a_known_threat_model():
-    assert {a.threat.name for a in ATTACKS.values()} == {"Linf", "L2"}
+    assert {a.threat.name for a in ATTACKS.values()} == {"Linf", "L2", "L0"}
 
 
 def test_one_pgd_core_one_step_size_rule(tiny_model, eval_batch):

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EOT_SAMPLES = 8
 DEFAULT_EPS_L2 = (1.5,)
+#: default L0 event budget (flipped entries) of event attacks
+DEFAULT_EPS_L0 = (10.0,)
 
 
 def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -84,6 +86,7 @@ def evaluate(
     suite: Optional[str] = None,
     eps: Sequence[float] = (0.1,),
     eps_l2: Optional[Sequence[float]] = None,
+    eps_l0: Optional[Sequence[float]] = None,
     steps: Optional[int] = None,
     queries: Optional[int] = None,
     restarts: int = 1,
@@ -178,10 +181,15 @@ def evaluate(
         raise RobustSNNError("pgd-tcc is an adaptive attack; it cannot run with --no-adaptive")
     if getattr(model, "events", False) and any(sp.threat.name != "L0" for sp in specs):
         raise RobustSNNError("this model takes event tensors; image attacks (L∞, L2) do not apply to events: "
-                             "use an attack with an L0 event budget")
+                             "use the event attacks, e.g. --attack flip-greedy,flip-random --budget 10,50")
     add_tcc = detector is not None and source_model is None and adaptive_detector_attack and not any(sp.needs_detector for sp in specs)
     eps = unique_budgets(eps)
     eps_l2 = unique_budgets(eps_l2 if eps_l2 is not None else DEFAULT_EPS_L2)
+    eps_l0 = unique_budgets(eps_l0 if eps_l0 is not None else DEFAULT_EPS_L0)
+    for e in eps_l0:
+        THREAT_MODELS["L0"].check_budget(e)
+    if any(sp.threat.name == "L0" for sp in specs) and not getattr(model, "events", False):
+        raise RobustSNNError("event attacks (L0 budgets) need a model that takes event tensors (input = 'events')")
     for e in eps:
         THREAT_MODELS["Linf"].check_budget(e)
     for e in eps_l2:
@@ -191,7 +199,7 @@ def evaluate(
     if float(x.min()) < 0.0 or float(x.max()) > 1.0:
         raise RobustSNNError("images must be in [0, 1]")
     grads = _surrogates(surrogate)
-    jobs = _jobs(specs, the_suite, eps=eps, eps_l2=eps_l2, grads=grads, surrogate=surrogate, steps=steps, queries=queries,
+    jobs = _jobs(specs, the_suite, eps=eps, eps_l2=eps_l2, eps_l0=eps_l0, grads=grads, surrogate=surrogate, steps=steps, queries=queries,
                  seed=seed, overrides=overrides)
     stages = list(dict.fromkeys(j.label for j in jobs)) if the_suite is not None else None  # before pgd-tcc is added
     if add_tcc:
@@ -406,6 +414,9 @@ def _run_job(run: _Run, job: _Job) -> None:
         if run.keep_examples:
             run.examples_scores[name] = (run.clean_scores[clean_correct], adv_scores[success])
             run.examples_rejected[name] = rejected
+    if spec.norm == "L0":  # flipped events of the examples that broke a sample (over the attacked ones if none did)
+        l0 = bound[stat_mask & ~correct] if bool((stat_mask & ~correct).any()) else bound[stat_mask]
+        row.update({"l0_max": int(bound.max().item()), "l0_median": float(l0.median().item()) if len(l0) else 0.0})
     run.results.append(row)
     robust_masks[key] = cumulative
     if detector is not None:
@@ -483,6 +494,7 @@ def _summary(run: _Run, check_list: List[Dict[str, Any]], *, surrogate: Optional
 
 
 def _jobs(specs: List[AttackSpec], suite: Optional[Suite], *, eps: List[float], eps_l2: List[float], grads: List[Optional[str]],
+          eps_l0: Sequence[float] = (),
           surrogate: Optional[str], steps: Optional[int], queries: Optional[int], seed: int,
           overrides: Sequence[Dict[str, Any]] = ()) -> List[_Job]:
     """The attack jobs in run order: per attack (or suite stage), per budget.
@@ -491,6 +503,7 @@ def _jobs(specs: List[AttackSpec], suite: Optional[Suite], *, eps: List[float], 
     attack) are hyperparameters from ``name:key=value`` specs; they win over ``steps``/``queries``.
     """
     jobs: List[_Job] = []
+    budgets = {"Linf": eps, "L2": eps_l2, "L0": list(eps_l0)}
     if suite is None:
         for i, sp in enumerate(specs):
             g = (None,) if sp.gradient_free else tuple(grads)
@@ -498,7 +511,7 @@ def _jobs(specs: List[AttackSpec], suite: Optional[Suite], *, eps: List[float], 
             own = overrides[i] if i < len(overrides) else {}
             params = {**attack_params(sp, steps=steps, queries=queries, seed=seed), **own}
             name = sp.name + (":" + ",".join(f"{k}={_spec_value(v)}" for k, v in own.items()) if own else "")
-            jobs += [_Job(sp, e, g, params, name, label, False) for e in (eps if sp.norm == "Linf" else eps_l2)]
+            jobs += [_Job(sp, e, g, params, name, label, False) for e in budgets[sp.norm]]
         return jobs
     for st, sp in zip(suite.stages, specs):
         params = attack_params(sp, steps=st.steps if steps is None else steps, queries=st.queries if queries is None else queries,
@@ -513,7 +526,7 @@ def _jobs(specs: List[AttackSpec], suite: Optional[Suite], *, eps: List[float], 
             g, label = tuple(grads), surrogate or "model"
         first = not jobs
         jobs += [_Job(sp, e, g, params, st.label if st.gradient is not None or surrogate is None else f"{st.attack}[{label}]",
-                      label, suite.cascade) for e in (eps if sp.norm == "Linf" else eps_l2)
+                      label, suite.cascade) for e in budgets[sp.norm]
                  if first or e > 0 or not suite.cascade]  # a zero budget breaks nothing: at eps 0 only the first stage runs
     return jobs
 

@@ -18,6 +18,8 @@ from ..specs import parse_params, split_spec
 from ..threat import ThreatModel, get_threat_model
 from .consistency_pgd import ConsistencyPGD
 from .cw import CW
+from .flip_greedy import GreedyFlip
+from .flip_random import RandomFlip
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,14 @@ def _autoattack(model, eps, p, n_classes, eot):
     return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=int(p["seed"]))
 
 
+def _flip_greedy(model, eps, p, n_classes, eot):
+    return GreedyFlip(model, budget=int(eps), per_step=int(p["per_step"]))
+
+
+def _flip_random(model, eps, p, n_classes, eot):
+    return RandomFlip(model, budget=int(eps), trials=int(p["trials"]), seed=int(p["seed"]))
+
+
 _PGD_DEFAULTS = {"steps": 20, "step_scale": PGD_STEP_SCALE, "alpha": None, "random_start": True}
 
 ATTACKS: Dict[str, AttackSpec] = {
@@ -146,6 +156,10 @@ ATTACKS: Dict[str, AttackSpec] = {
                    paper="https://arxiv.org/abs/1608.04644"),
         AttackSpec("deepfool", "L2", "DeepFool (minimum norm; success only within eps)", {"steps": 50, "overshoot": 0.02},
                    _deepfool, minimum_norm=True, paper="https://arxiv.org/abs/1511.04599"),
+        AttackSpec("flip-greedy", "L0", "event frames: greedy gradient-guided flips within an L0 budget (exact)", {"per_step": 5},
+                   _flip_greedy, paper="https://arxiv.org/abs/2503.03272"),
+        AttackSpec("flip-random", "L0", "event frames: random flips within an L0 budget, gradient-free (masking check)",
+                   {"trials": 20, "seed": 0}, _flip_random, gradient_free=True),
         AttackSpec("autoattack", "Linf", "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square", {"seed": 0}, _autoattack,
                    paper="https://arxiv.org/abs/2003.01690"),
     ]
