@@ -203,19 +203,3 @@ def claim_outputs(folder: str | os.PathLike, patterns: Sequence[str], *, force: 
             shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
             raise RobustSNNError(f"{option} {p} already holds {shown}; pass --force to overwrite, or choose another folder")
     return p
-
-
-def claim_file(path: str | os.PathLike, *, force: bool = False, option: str = "--out", also: Sequence[str | os.PathLike] = ()) -> Path:
-    """Before any long work starts: ``path`` (and the companion files ``also``) can be written and do not exist yet.
-
-    Raises a one-line error naming ``--force`` when one of them exists.
-    """
-    p = Path(path)
-    if p.is_dir():
-        raise RobustSNNError(f"{option} {p} is a folder; give a file path")
-    ensure_writable_dir(p.parent if str(p.parent) else Path("."), option=option)
-    if not force:
-        existing = [str(f) for f in (p, *map(Path, also)) if f.exists()]
-        if existing:
-            raise RobustSNNError(f"{option} {existing[0]} already exists; pass --force to overwrite it, or choose another path")
-    return p
