@@ -206,8 +206,6 @@ def eval_cmd(checkpoint: Optional[str], dataset: Optional[str], split: str, limi
 
     if samples is not None and samples < 1:
         raise RobustSNNError(f"--samples must be >= 1, got {samples}")
-    if limit is not None and limit < 1:
-        raise RobustSNNError(f"--limit must be >= 1 (leave it out for the whole split), got {limit}")
     if out:
         from .utils import claim_outputs
 
@@ -347,9 +345,6 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     n_limit = _limit(limit, DEFAULT_ATTACK_LIMIT)
     if surrogate is not None and surrogate != "ensemble":
         parse_spec(surrogate)
-    for opt, value in (("--eot-samples", eot_samples), ("--samples", samples)):
-        if value is not None and value < 1:
-            raise RobustSNNError(f"{opt} must be >= 1, got {value}")
     if out:
         from .reporting import ATTACK_OUTPUTS
         from .utils import claim_outputs
@@ -441,8 +436,6 @@ def certify(checkpoint: Optional[str], sigma: float, n: int, n0: int, alpha: flo
 
     if skip < 1:
         raise RobustSNNError(f"--skip must be >= 1, got {skip}")
-    if limit is not None and limit < 1:
-        raise RobustSNNError(f"--limit must be >= 1 (leave it out for the whole split), got {limit}")
     if out:
         from .utils import claim_outputs
 

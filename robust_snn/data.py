@@ -144,7 +144,7 @@ def load_split(
     if split not in ("train", "test"):
         raise RobustSNNError(f"unknown split {split!r}; use 'train' or 'test'")
     if limit is not None and limit < 1:
-        raise RobustSNNError(f"--limit must be a positive number, got {limit}")
+        raise RobustSNNError(f"--limit must be >= 1 (a positive number; leave it out for the whole split), got {limit}")
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     if info.input == "events":
         return load_event_frames(root, split, num_steps=num_steps or 8, limit=limit)

@@ -285,12 +285,10 @@ class SpikingClassifier(nn.Module):
         expected = (cfg["in_channels"], *cfg["image_size"])
         if x.dim() != 5 or tuple(x.shape[2:]) != expected:
             raise RobustSNNError(f"expected event tensors of shape [B, T, {', '.join(map(str, expected))}], got {list(x.shape)}")
-        if not x.is_floating_point():
-            x = x.to(self.mean.dtype)  # bool or integer event counts are fine as they are
         if self.check_inputs and x.numel() and not _capturing(x):
             if not bool(((x >= 0) & (x < float("inf"))).all()):  # NaN fails both comparisons
                 raise RobustSNNError("event tensors must hold finite, non-negative event counts (NaN, inf or negative values found)")
-        return x if x.dtype == self.mean.dtype else x.to(self.mean.dtype)
+        return x if x.dtype == self.mean.dtype else x.to(self.mean.dtype)  # bool or integer event counts are fine as they are
 
     @property
     def events(self) -> bool:
@@ -322,17 +320,13 @@ class SpikingClassifier(nn.Module):
         self.stages[-1].lif.record = record or self.readout == "membrane"  # membrane readout needs its trace
         try:
             first = self.stages[0]
-            if self.events:
-                input_seq = x_seq
-                cur = self._stateless(first, x_seq.reshape(T * B, *x_seq.shape[2:]))
-                spk_seq = first.lif(cur.view(T, B, *cur.shape[1:]))
-            elif self.encoder.static:
+            if self.encoder.static and not self.events:
                 cur = self._stateless(first, x)  # computed once, broadcast over time
                 spk_seq = first.lif.forward_static(cur, T)
                 input_seq = x.unsqueeze(0).expand(T, *x.shape)
-            else:
-                input_seq = self.encoder(x, T)
-                cur = self._stateless(first, input_seq.reshape(T * B, *x.shape[1:]))
+            else:  # a sequence: ready event tensors, or the encoder's spikes
+                input_seq = x_seq if self.events else self.encoder(x, T)
+                cur = self._stateless(first, input_seq.reshape(T * B, *input_seq.shape[2:]))
                 spk_seq = first.lif(cur.view(T, B, *cur.shape[1:]))
             spikes.append(spk_seq)
             mems.append(first.lif.last_mem)
