@@ -161,7 +161,7 @@ def fc_raster_figure(clean: Trace, adv: Trace, *, layer: Optional[int] = None) -
         ax.set_ylim(-1, s.shape[1])
         ax.set_xlabel("time step")
         ax.set_title(f"{title}: {clean.rec.names[i]} ({int(s.sum())} spikes, {len(diff_t)} not in the other)", fontsize=9)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=8, loc="upper right")
     axes[0].set_ylabel("neuron")
     fig.tight_layout()
     return fig
@@ -169,8 +169,41 @@ def fc_raster_figure(clean: Trace, adv: Trace, *, layer: Optional[int] = None) -
 
 # --- 5. output vote ------------------------------------------------------------------------------------
 
+def adversarial_leader_changes(adv: Trace) -> List[int]:
+    """Time steps (0-based) at which the adversarial running vote's leading class changes (after the first output spike)."""
+    ca = adv.rec.spikes[-1][:, 0].numpy().cumsum(0)
+    run = ca.argmax(1)
+    return [int(i) for i in range(1, len(run)) if run[i] != run[i - 1] and ca[i - 1].sum() > 0]
+
+
+def plot_running_vote(ax: Any, clean: Trace, adv: Trace, *, names: Sequence[str], label: Optional[int] = None,
+                      legend_fontsize: Optional[float] = None) -> None:
+    """Cumulative output spikes per step (0-based) for the classes that matter, clean and adversarial, on ``ax``.
+
+    A class keeps one colour; clean is a thick translucent solid line with dots, adversarial a thin dashed line with
+    crosses drawn on top, so two lines that coincide both stay visible. Dotted black verticals mark the steps at which
+    the adversarial running decision changes.
+    """
+    cc = clean.rec.spikes[-1][:, 0].numpy().cumsum(0)
+    ca = adv.rec.spikes[-1][:, 0].numpy().cumsum(0)
+    t = np.arange(cc.shape[0])
+    show = [clean.prediction] + ([adv.prediction] if adv.prediction != clean.prediction else [])
+    if label is not None and label not in show:
+        show.append(label)
+    for j, cls in enumerate(show):
+        color = f"C{j}"
+        ax.plot(t, cc[:, cls], color=color, ls="-", lw=4, alpha=0.45, marker="o", ms=8, label=f"class {names[cls]}, clean")
+        ax.plot(t, ca[:, cls], color=color, ls="--", lw=1.8, marker="x", ms=8, mew=2, label=f"class {names[cls]}, adversarial")
+    for k, f in enumerate(adversarial_leader_changes(adv)):
+        ax.axvline(f, color="black", ls=":", lw=1.8, label="adversarial leader changes" if k == 0 else None)
+    ax.set_xticks(t)
+    ax.set_xlabel("time step")
+    ax.set_ylabel("cumulative output spikes")
+    ax.legend(fontsize=legend_fontsize, loc="upper left")
+
+
 def output_figure(clean: Trace, adv: Trace, *, label: Optional[int] = None, classes: Optional[Sequence[str]] = None) -> Figure:
-    """Output spike counts per class (the vote), and cumulative counts over time with the decision flip marked. 2 axes."""
+    """Output spike counts per class (the vote), and cumulative counts over time with the decision changes marked. 2 axes."""
     sc = clean.rec.spikes[-1][:, 0].numpy()
     sa = adv.rec.spikes[-1][:, 0].numpy()
     k = sc.shape[1]
@@ -178,29 +211,15 @@ def output_figure(clean: Trace, adv: Trace, *, label: Optional[int] = None, clas
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     pos = np.arange(k)
     axes[0].bar(pos - 0.2, sc.sum(0), width=0.4, label=f"clean (pred {names[clean.prediction]})")
-    axes[0].bar(pos + 0.2, sa.sum(0), width=0.4, color="tab:red", label=f"adversarial (pred {names[adv.prediction]})")
+    axes[0].bar(pos + 0.2, sa.sum(0), width=0.4, color="tab:red", hatch="//", edgecolor="white",
+                label=f"adversarial (pred {names[adv.prediction]})")
     axes[0].set_xticks(pos, names)
     axes[0].set_xlabel("class")
     axes[0].set_ylabel("output spikes")
-    axes[0].set_title("the vote: output spike count per class", fontsize=9)
-    axes[0].legend(fontsize=7)
-    cc, ca = sc.cumsum(0), sa.cumsum(0)
-    t = np.arange(1, sc.shape[0] + 1)
-    show = [clean.prediction] + ([adv.prediction] if adv.prediction != clean.prediction else [])
-    if label is not None and label not in show:
-        show.append(label)
-    for j, cls in enumerate(show):
-        color = f"C{j}"
-        axes[1].plot(t, cc[:, cls], color=color, marker="o", ms=3, label=f"class {names[cls]}, clean")
-        axes[1].plot(t, ca[:, cls], color=color, ls="--", marker="x", ms=4, label=f"class {names[cls]}, adversarial")
-    run = ca.argmax(1)
-    flips = [int(i) for i in range(1, len(run)) if run[i] != run[i - 1] and ca[i].sum() > 0]
-    for f in flips:
-        axes[1].axvline(f + 1, color="red", alpha=0.3, lw=1)
-    axes[1].set_xlabel("time step")
-    axes[1].set_ylabel("cumulative output spikes")
-    axes[1].set_title("running vote (red lines: the adversarial decision changes)", fontsize=9)
-    axes[1].legend(fontsize=7)
+    axes[0].set_title("the vote: output spike count per class", fontsize=10)
+    axes[0].legend(fontsize=8)
+    plot_running_vote(axes[1], clean, adv, names=names, label=label, legend_fontsize=8)
+    axes[1].set_title("running vote (dotted: the adversarial leader changes)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -219,7 +238,7 @@ def layer_activity_figure(clean: Trace, adv: Trace, *, threshold: float = 1.0, c
     axes[0].set_xticks(pos, names)
     axes[0].set_ylabel("spikes / neuron / step")
     axes[0].set_title("firing rate per layer", fontsize=9)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=8)
     mc, ma = clean.rec.mems[-1], adv.rec.mems[-1]
     if mc is not None and ma is not None:
         mc, ma = mc[:, 0].numpy(), ma[:, 0].numpy()
@@ -232,7 +251,7 @@ def layer_activity_figure(clean: Trace, adv: Trace, *, threshold: float = 1.0, c
         axes[1].axhline(threshold, color="black", ls=":", lw=1, label="threshold")
         axes[1].set_xlabel("time step")
         axes[1].set_ylabel("membrane potential (after reset)")
-        axes[1].legend(fontsize=7)
+        axes[1].legend(fontsize=8)
     axes[1].set_title("output neurons' membrane potential", fontsize=9)
     fig.tight_layout()
     return fig

@@ -9,10 +9,11 @@ from PIL import Image
 
 from robust_snn.attacks import evaluate
 from robust_snn.cli import main
-from robust_snn.models import build_model
-from robust_snn.visualization import (conv_maps_figure, fc_raster_figure, images_figure, input_figure, layer_activity_figure,
-                                      layer_distances, output_figure, spike_animation, trace, tsne, tsne_figure,
-                                      van_rossum_distance)
+from robust_snn.models import Recording, build_model
+from robust_snn.plotting import plt
+from robust_snn.visualization import (Trace, adversarial_leader_changes, conv_maps_figure, fc_raster_figure, images_figure,
+                                      input_figure, layer_activity_figure, layer_distances, output_figure, plot_running_vote,
+                                      spike_animation, trace, tsne, tsne_figure, van_rossum_distance)
 
 
 @pytest.fixture()
@@ -32,6 +33,30 @@ def test_every_figure_has_its_axes(pair):
                 (output_figure(clean, adv, label=label), 2), (layer_activity_figure(clean, adv), 2)]
     for fig, n in expected:
         assert len(fig.axes) == n, fig.axes[0].get_title()
+
+
+def _output_only(spikes):
+    """A hand-made trace with only an output layer: ``spikes`` ``[T, K]``."""
+    spk = torch.tensor(spikes, dtype=torch.float32)[:, None]
+    return Trace(torch.zeros(1, 1, 2, 2), spk.sum(0)[0], Recording(["output"], [spk], [None], torch.zeros(len(spikes), 1, 1, 2, 2)))
+
+
+def test_running_vote_lines_are_distinct_and_leader_changes_visible():
+    clean = _output_only([[1, 0], [1, 0], [1, 0], [1, 0]])
+    adv = _output_only([[1, 0], [0, 1], [0, 1], [0, 1]])  # running vote: 0 leads, tie (argmax 0), then 1 leads from step 2
+    assert adversarial_leader_changes(adv) == [2] and adversarial_leader_changes(clean) == []
+    fig, ax = plt.subplots()
+    plot_running_vote(ax, clean, adv, names=["zero", "one"])
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    for cls in ("zero", "one"):  # one colour per class; clean and adversarial differ in line style, width and marker
+        c, a = lines[f"class {cls}, clean"], lines[f"class {cls}, adversarial"]
+        assert c.get_color() == a.get_color()
+        assert (c.get_linestyle(), c.get_marker()) != (a.get_linestyle(), a.get_marker()) and c.get_linewidth() > a.get_linewidth()
+    assert lines["class zero, clean"].get_color() != lines["class one, clean"].get_color()
+    mark = lines["adversarial leader changes"]
+    assert list(mark.get_xdata()) == [2, 2] and mark.get_linewidth() >= 1.5 and mark.get_color() == "black"
+    assert "adversarial leader changes" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
 
 
 def test_rate_encoded_input_raster_and_fcsnn_without_conv():
