@@ -33,6 +33,25 @@ from pathlib import Path
 import torch
 
 
+def load_run(args: argparse.Namespace) -> tuple:
+    """``(model, x, y, out, state)``: the checkpoint, its first ``args.limit`` test images, and the
+    output file's earlier state (resume) updated with this run's machine facts."""
+    torch.set_num_threads(args.threads)
+    import robust_snn
+    from robust_snn.data import load_split
+    from robust_snn.utils import keep_freed_memory
+
+    keep_freed_memory()
+    model = robust_snn.load_model(args.checkpoint)
+    x, y = load_split(model.config["dataset"], "test", limit=args.limit)
+    out = Path(args.out)
+    state = json.loads(out.read_text()) if out.is_file() else {}
+    state.update({"checkpoint": model.checkpoint_path, "eps": args.eps, "n": len(y),
+                  "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
+                  "torch": torch.__version__})
+    return model, x, y, out, state
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None)
@@ -43,22 +62,12 @@ def main() -> None:
     ap.add_argument("--skip-union", action="store_true", help="Only time the standard suite.")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
 
-    import robust_snn
     from robust_snn.attacks import evaluate
-    from robust_snn.data import load_split
     from robust_snn.surrogates import ENSEMBLE, canonical
-    from robust_snn.utils import keep_freed_memory, write_json_atomic
+    from robust_snn.utils import write_json_atomic
 
-    keep_freed_memory()
-    model = robust_snn.load_model(args.checkpoint)
-    x, y = load_split(model.config["dataset"], "test", limit=args.limit)
-    out = Path(args.out)
-    state = json.loads(out.read_text()) if out.is_file() else {}
-    state.update({"checkpoint": model.checkpoint_path, "eps": args.eps, "n": len(y),
-                  "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
-                  "torch": torch.__version__})
+    model, x, y, out, state = load_run(args)
     pairs = state.setdefault("pairs", {})
     own = canonical(model.config["surrogate"])
     grads = ["model"] + [g for g in ENSEMBLE if g == "rate" or canonical(g) != own]

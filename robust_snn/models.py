@@ -112,8 +112,7 @@ def full_config(**overrides: Any) -> Dict[str, Any]:
     if not 0 < float(cfg["threshold"]) < float("inf"):
         raise RobustSNNError(f"threshold must be a positive finite number, got {cfg['threshold']}")
     check_num_steps(cfg["num_steps"])
-    if cfg["neuron"] not in NEURONS:
-        raise RobustSNNError(f"unknown neuron {cfg['neuron']!r}; choose one of: {', '.join(NEURONS)}")
+    NEURONS.get(cfg["neuron"])  # validates the name
     if not 0.0 <= float(cfg["alpha"]) <= 1.0:
         raise RobustSNNError(f"alpha must be in [0, 1], got {cfg['alpha']}")
     if not 0.0 <= float(cfg["adapt"]) < float("inf"):

@@ -9,7 +9,7 @@ Shape: ``x``, ``x_adv``: ``[B, ...]`` in [0, 1].
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -24,6 +24,14 @@ _LINF = THREAT_MODELS["Linf"]
 def step_size(eps: float, steps: int, *, scale: float = PGD_STEP_SCALE) -> float:
     """The default step size ``scale * eps / steps``."""
     return scale * eps / max(1, int(steps))
+
+
+def pgd_alpha(eps: float, params: Mapping[str, Any]) -> float:
+    """The step size of a PGD-family attack from its parameters: ``alpha`` when set, else
+    :func:`step_size` of ``steps`` and ``step_scale``."""
+    if params.get("alpha") is not None:
+        return float(params["alpha"])
+    return step_size(eps, int(params["steps"]), scale=float(params["step_scale"]))
 
 
 def uniform_start(x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 from snntorch import surrogate as snn_surrogate
 
 from .errors import RobustSNNError
+from .registry import Registry
 from .specs import parse_value, split_spec
 
 SpikeFn = Callable[[torch.Tensor], torch.Tensor]
@@ -138,8 +139,11 @@ def _triangular(width: float = 1.0) -> SpikeFn:
     return inner
 
 
-# name -> (factory, default kwargs, description)
-SURROGATES: Dict[str, Tuple[Callable[..., SpikeFn], dict, str]] = {
+#: Gradient choices that are not a per-spike surrogate (only for attacks).
+SPECIAL_GRADIENTS = {"rate": "backward through firing rates (BPTR / RGA), exact forward"}
+
+#: name -> (factory, default kwargs, description)
+SURROGATES: Registry[Tuple[Callable[..., SpikeFn], dict, str]] = Registry("surrogate", {
     "fast_sigmoid": (snn_surrogate.fast_sigmoid, {"slope": 25.0}, "1/(1+k|u|)^2 (SuperSpike)"),
     "atan": (snn_surrogate.atan, {"alpha": 2.0}, "arctan derivative"),
     "sigmoid": (_sigmoid, {"slope": 25.0}, "logistic derivative (stable form of snnTorch's)"),
@@ -149,7 +153,7 @@ SURROGATES: Dict[str, Tuple[Callable[..., SpikeFn], dict, str]] = {
              "Gaussian, width = per-layer std of the membrane potential of the current input (PDSG, arXiv 2503.03272)"),
     "assg": (_assg, {"vanish": 0.4, "relax": 1.5},
              "arctan, sharpness set per layer from the membrane statistics of the current input (ASSG, arXiv 2512.22522)"),
-}
+}, also=SPECIAL_GRADIENTS)
 
 #: Allowed range of every surrogate parameter: (low, high, low inclusive); values must be finite.
 PARAM_RANGES: Dict[str, Tuple[float, float, bool]] = {
@@ -160,8 +164,6 @@ PARAM_RANGES: Dict[str, Tuple[float, float, bool]] = {
     "vanish": (0.0, 0.5, False),
     "relax": (0.0, math.inf, True),
 }
-#: Gradient choices that are not a per-spike surrogate (only for attacks).
-SPECIAL_GRADIENTS = {"rate": "backward through firing rates (BPTR / RGA), exact forward"}
 
 #: The gradient set used by ``--surrogate ensemble``.
 ENSEMBLE = (
@@ -182,9 +184,8 @@ def parse_spec(spec: str) -> Tuple[str, dict]:
     """Split ``"name:k=v,k2=v2"`` into ``(name, {k: float(v)})`` and validate it (see :mod:`robust_snn.specs`)."""
     name, raw = split_spec(spec, what="surrogate")
     name = name.replace("-", "_")
-    if name not in SURROGATES and name not in SPECIAL_GRADIENTS:
-        known = ", ".join(sorted(SURROGATES) + sorted(SPECIAL_GRADIENTS))
-        raise RobustSNNError(f"unknown surrogate {spec!r}; choose one of: {known}")
+    if name not in SPECIAL_GRADIENTS:
+        SURROGATES.get(name)  # an unknown name: one line listing the choices
     allowed = SURROGATES[name][1] if name in SURROGATES else {}
     kwargs: dict = {}
     for key, value in raw.items():

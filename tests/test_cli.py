@@ -39,6 +39,17 @@ def test_info_lists_everything(runner):
     assert {"fgsm", "pgd", "square", "autoattack"} <= set(data["attacks"])
     assert data["attacks"]["pgd"]["defaults"]["step_scale"] == 2.5
     assert "rate" in data["attack_gradients"] and data["encoders"]["rate"]["stochastic"]
+    assert set(data["neurons"]) == {"lif", "alif", "synaptic"} and all(data["neurons"].values())
+    assert data["threat_models"]["L0"]["units"] == "events added or removed (flipped entries)"
+    assert list(data["threat_models"]) == ["Linf", "L2", "L0"]
+
+
+def test_info_text_lists_neurons_and_threat_models(runner):
+    res = runner.invoke(main, ["info"])
+    assert res.exit_code == 0, res.output
+    lines = {line.split(":", 1)[0].strip(): line for line in res.output.splitlines() if ":" in line}
+    assert all(f"{n}: " in lines["neurons"] for n in ("lif", "alif", "synaptic"))
+    assert all(f"{t}: " in lines["threats"] for t in ("Linf", "L2", "L0"))
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,52 @@ def test_invalid_specs_give_clear_errors(tmp_path, text, msg):
     assert msg in str(e.value)
 
 
+def test_attacks_take_the_attack_spec_language(tiny_checkpoint, tiny_model, data_dir, tmp_path):
+    """``attack = "pgd:steps=3,step_scale=2"`` in a sweep runs what ``robust-snn attack --attack pgd:steps=3,step_scale=2`` runs."""
+    from robust_snn.attacks import evaluate
+    from robust_snn.data import load_split
+
+    attacks = '[[attacks]]\nattack = "PGD:steps=3,step_scale=2"\n[[attacks]]\nname = "pgd3"\nattack = "pgd"\nsteps = 3\n'
+    spec = load_spec(_spec(tmp_path, tiny_checkpoint, eps="[0.2]", attacks=attacks))
+    a = spec.attacks[0]
+    assert (a.name, a.attack, a.kind, a.steps) == ("PGD:steps=3,step_scale=2", "PGD:steps=3,step_scale=2", "pgd", None)
+    keys = [c["key"] for c in cells(spec)]
+    assert keys[0].endswith("|steps=None,queries=None,restarts=1,spec=PGD:steps=3,step_scale=2|model|0.2|model|0")
+    assert keys[1] == "tiny|none|pgd3|steps=3,queries=None,restarts=1|model|0.2|model|0"  # plain entries: keys as before
+    run_sweep(spec, tmp_path / "o", data_dir=str(data_dir), progress=False, plots=False)
+    rows = {r["attack"]: r for r in read_rows(tmp_path / "o" / "results.jsonl")}
+    x, y = load_split("mnist", "test", data_dir=str(data_dir), limit=48)
+    direct = evaluate(tiny_model, x, y, attacks=["pgd:steps=3,step_scale=2"], eps=[0.2], batch_size=64, seed=0, checks=False)
+    row = rows["PGD:steps=3,step_scale=2"]
+    assert row["attack_kind"] == "pgd" and row["check_rows"][0]["attack"] == "pgd:steps=3,step_scale=2"
+    assert row["robust_accuracy"] == direct["worst_case"][0]["robust_accuracy"] < row["clean_accuracy"]
+
+
+@pytest.mark.parametrize("attack", ["pgd:steps=0", "pgd:colour=1", "pgd:steps=2.5", "pgd:step_scale=nan", "pgd:random_start=maybe",
+                                    "pgd:steps", "square:queries=-3"])
+def test_attack_spec_errors_are_the_cli_errors(tmp_path, attack):
+    from robust_snn.attacks.registry import parse_attack
+
+    with pytest.raises(RobustSNNError) as cli:
+        parse_attack(attack)  # what `robust-snn attack --attack ...` reports
+    p = tmp_path / "bad.toml"
+    p.write_text(f'[[attacks]]\nattack = "{attack}"\n')
+    with pytest.raises(RobustSNNError) as sweep:
+        load_spec(p)
+    assert f"invalid experiment spec: attacks[0]: {cli.value}; attacks is empty" in str(sweep.value)
+
+
+def test_attack_spec_of_an_l2_attack_is_refused_by_name(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('[[attacks]]\nattack = "cw:steps=5"\n[[attacks]]\nattack = "pgdd:steps=5"\n[[attacks]]\nattack = 3\n')
+    with pytest.raises(RobustSNNError) as e:
+        load_spec(p)
+    msg = str(e.value)
+    assert "attacks[0]: sweeps use the L-inf eps grid; cw is an L2 attack" in msg
+    assert "attacks[1]: unknown attack 'pgdd:steps=5'; choose an attack (fgsm, " in msg
+    assert "attacks[2]: attack must be an attack name, an attack spec (name:key=value) or a suite, got 3" in msg
+
+
 def test_invalid_spec_cli_and_bad_toml(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text("eps = [0.1,\n")

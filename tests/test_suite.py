@@ -230,3 +230,20 @@ def test_evaluation_result_accessors(tiny_model, eval_batch):
     assert res.passed == all(c["passed"] for c in res.checks)
     with pytest.raises(RobustSNNError, match="no result for square@0.1"):
         res.row("square", 0.1)
+
+
+@pytest.mark.parametrize("surrogate", [None, "fast_sigmoid:slope=5", "fast_sigmoid", "atan:alpha=3", "ensemble"])
+def test_suite_stage_names_are_unique_and_a_repeated_stage_is_skipped(surrogate):
+    from robust_snn.attacks.evaluate import _jobs, _surrogates
+    from robust_snn.attacks.registry import get_spec
+
+    std = get_suite("standard")
+    jobs = _jobs([get_spec(st.attack) for st in std.stages], std, eps=[0.1], eps_l2=[], grads=_surrogates(surrogate),
+                 surrogate=surrogate, steps=None, queries=None, seed=0)
+    names = [j.label for j in jobs]
+    assert len(names) == len(set(names)), names  # one results key per stage
+    assert names[-1] == "square"  # gradient-free: no gradient in its name
+    runs = [(j.spec.name, j.grads) for j in jobs]
+    assert len(runs) == len(set(runs))  # no stage repeats another's attack and gradient
+    # the user's gradient equal to the wide stage's (fast sigmoid's default slope is 25, not 5): one stage fewer
+    assert len(jobs) == len(std.stages) - (surrogate == "fast_sigmoid:slope=5")

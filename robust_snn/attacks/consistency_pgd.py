@@ -12,12 +12,14 @@ misclassified with the lowest detector score.
 """
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import torch
 import torch.nn.functional as F
 import torchattacks
 
 from ..errors import RobustSNNError
-from ..pgd import linf_step, uniform_start
+from ..pgd import linf_step, pgd_alpha, uniform_start
 
 
 class ConsistencyPGD(torchattacks.attack.Attack):
@@ -44,6 +46,13 @@ class ConsistencyPGD(torchattacks.attack.Attack):
         self.eps, self.alpha, self.steps, self.lam = float(eps), float(alpha), int(steps), float(lam)
         self.random_start = bool(random_start)
         self.supported_mode = ["default"]
+
+    @classmethod
+    def from_params(cls, model: torch.nn.Module, eps: float, params: Dict[str, Any], n_classes: int,
+                    eot_samples: int) -> "ConsistencyPGD":
+        """The registry's builder (:attr:`robust_snn.attacks.registry.AttackSpec.build`): one attack for budget ``eps``."""
+        return cls(model, eps=eps, alpha=pgd_alpha(eps, params), steps=int(params["steps"]), lam=float(params["lam"]),
+                   random_start=bool(params["random_start"]))
 
     def _objective(self, x: torch.Tensor, y: torch.Tensor):
         """Per-sample objective to maximize, plus (hard score, misclassified) of ``x``."""

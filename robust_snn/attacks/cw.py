@@ -9,6 +9,8 @@ descent" box constraint in Carlini & Wagner, https://arxiv.org/abs/1608.04644).
 """
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import torch
 import torchattacks
 
@@ -41,6 +43,13 @@ class CW(torchattacks.attack.Attack):
         self.steps = int(steps)
         self.lr = float(lr)
         self.supported_mode = ["default"]
+
+    @classmethod
+    def from_params(cls, model: torch.nn.Module, eps: float, params: Dict[str, Any], n_classes: int,
+                    eot_samples: int) -> "CW":
+        """The registry's builder (:attr:`robust_snn.attacks.registry.AttackSpec.build`): one attack for budget ``eps``."""
+        return cls(model, c=float(params["c"]), kappa=float(params["kappa"]), steps=int(params["steps"]), lr=float(params["lr"]),
+                   search_steps=int(params["search_steps"]))
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         images = images.clone().detach().to(self.device)

@@ -513,20 +513,25 @@ def _jobs(specs: List[AttackSpec], suite: Optional[Suite], *, eps: List[float], 
             name = sp.name + (":" + ",".join(f"{k}={_spec_value(v)}" for k, v in own.items()) if own else "")
             jobs += [_Job(sp, e, g, params, name, label, False) for e in budgets[sp.norm]]
         return jobs
+    seen = set()
     for st, sp in zip(suite.stages, specs):
         params = attack_params(sp, steps=st.steps if steps is None else steps, queries=st.queries if queries is None else queries,
                                seed=seed)
         if st.targets is not None:
             params["targets"] = st.targets
         if sp.gradient_free:
-            g, label = (None,), "model"
+            g, label, name = (None,), "model", st.label
         elif st.gradient is not None:
-            g, label = (canonical(st.gradient),), st.gradient
+            g, label, name = (canonical(st.gradient),), st.gradient, st.label
         else:  # the stage uses the model's own gradient, or the user's --surrogate
             g, label = tuple(grads), surrogate or "model"
+            name = st.label if surrogate is None else f"{st.attack}[{label}]"
+        key = (sp.name, g, tuple(sorted(params.items())))
+        if key in seen:  # e.g. --surrogate equal to another stage's gradient: the same attack again finds nothing new
+            continue
+        seen.add(key)
         first = not jobs
-        jobs += [_Job(sp, e, g, params, st.label if st.gradient is not None or surrogate is None else f"{st.attack}[{label}]",
-                      label, suite.cascade) for e in budgets[sp.norm]
+        jobs += [_Job(sp, e, g, params, name, label, suite.cascade) for e in budgets[sp.norm]
                  if first or e > 0 or not suite.cascade]  # a zero budget breaks nothing: at eps 0 only the first stage runs
     return jobs
 
@@ -591,6 +596,8 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, x, y, clean_
         return x_adv, adv_logits
     target = GradGuard(model if spec.uses_own_eot else attacked).eval()
     atk = build_attack(spec, target, e, params, n_classes=n_classes, eot_samples=eot)
+    if getattr(judge, "model", model) is not model and hasattr(atk, "early_exit"):
+        atk.early_exit = False  # transfer: a first success on the source model transfers worse than the full run
     for c, (a, b) in progress_bar(chunks.mine(), enabled=progress, desc=f"{spec.name} eps={e:g}"):
         todo = a + torch.nonzero(ok[a:b]).squeeze(1)
         if len(todo) == 0:

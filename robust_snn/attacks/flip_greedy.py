@@ -1,6 +1,8 @@
 """Greedy gradient-guided event flips within an L0 budget (binary event frames)."""
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import torch
 import torch.nn.functional as F
 import torchattacks
@@ -30,6 +32,12 @@ class GreedyFlip(torchattacks.attack.Attack):
         super().__init__("GreedyFlip", model)
         self.budget, self.per_step = int(budget), max(1, int(per_step))
         self.supported_mode = ["default"]
+
+    @classmethod
+    def from_params(cls, model: torch.nn.Module, eps: float, params: Dict[str, Any], n_classes: int,
+                    eot_samples: int) -> "GreedyFlip":
+        """The registry's builder (:attr:`robust_snn.attacks.registry.AttackSpec.build`): one attack for budget ``eps``."""
+        return cls(model, budget=int(eps), per_step=int(params["per_step"]))
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x = images.clone().detach().to(self.device).round()

@@ -1,6 +1,8 @@
 """Random event flips within an L0 budget: the gradient-free baseline of the event attacks."""
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import torch
 import torchattacks
 
@@ -25,6 +27,12 @@ class RandomFlip(torchattacks.attack.Attack):
         super().__init__("RandomFlip", model)
         self.budget, self.trials, self.seed = int(budget), int(trials), int(seed)
         self.supported_mode = ["default"]
+
+    @classmethod
+    def from_params(cls, model: torch.nn.Module, eps: float, params: Dict[str, Any], n_classes: int,
+                    eot_samples: int) -> "RandomFlip":
+        """The registry's builder (:attr:`robust_snn.attacks.registry.AttackSpec.build`): one attack for budget ``eps``."""
+        return cls(model, budget=int(eps), trials=int(params["trials"]), seed=int(params["seed"]))
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

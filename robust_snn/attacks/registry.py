@@ -1,8 +1,15 @@
 """Registry of attacks by CLI name, built on torchattacks, with literature defaults.
 
 Every builder takes the model to attack (already wrapped for EOT when its
-encoder is stochastic), the budget ``eps`` (L∞ on the [0, 1] scale, or the
-L2 radius) and keyword overrides, and returns a :class:`torchattacks.Attack`.
+encoder is stochastic), the budget ``eps`` (L∞ on the [0, 1] scale, the L2
+radius, or the L0 event count), the attack's parameters, the number of classes
+and the EOT sample count, and returns a :class:`torchattacks.Attack`.
+
+A new attack is one new file in this package (a :class:`torchattacks.attack.Attack`
+subclass with a ``from_params`` classmethod as its builder, as :class:`~.cw.CW` and
+:class:`~.flip_greedy.GreedyFlip` have) plus its import and one :class:`AttackSpec` entry
+in :data:`ATTACKS`; an attack taken from torchattacks needs only its entry, with a
+builder function here.
 """
 from __future__ import annotations
 
@@ -13,9 +20,12 @@ import torch
 import torchattacks
 
 from ..errors import RobustSNNError
-from ..pgd import PGD_STEP_SCALE, step_size
+from ..pgd import PGD_STEP_SCALE, pgd_alpha
+from ..registry import Registry
 from ..specs import parse_params, split_spec
 from ..threat import ThreatModel, get_threat_model
+from .apgd import APGD
+from .apgdt import APGDT
 from .consistency_pgd import ConsistencyPGD
 from .cw import CW
 from .flip_greedy import GreedyFlip
@@ -31,7 +41,8 @@ class AttackSpec:
         norm: the name of its threat model in :data:`robust_snn.threat.THREAT_MODELS` (``"Linf"``, ``"L2"``).
         description: one line for ``robust-snn info``.
         defaults: default hyperparameters (shown by ``info``).
-        build: ``(model, eps, params, n_classes, eot_samples) -> torchattacks.Attack``.
+        build: ``(model, eps, params, n_classes, eot_samples) -> torchattacks.Attack`` (for
+            robust-snn's own attacks, the class's ``from_params``).
         iterative: several gradient steps (vs single-step FGSM).
         gradient_free: uses only model outputs (masking check).
         minimum_norm: finds a minimal perturbation (CW, DeepFool); examples
@@ -60,8 +71,8 @@ class AttackSpec:
         return get_threat_model(self.norm)
 
 
-def _alpha(eps: float, p: Dict[str, Any]) -> float:
-    return float(p["alpha"]) if p.get("alpha") is not None else step_size(eps, int(p["steps"]), scale=float(p["step_scale"]))
+#: the PGD-family step size from an attack's parameters
+_alpha = pgd_alpha
 
 
 def _fgsm(model, eps, p, n_classes, eot):
@@ -70,11 +81,6 @@ def _fgsm(model, eps, p, n_classes, eot):
 
 def _pgd(model, eps, p, n_classes, eot):
     return torchattacks.PGD(model, eps=eps, alpha=_alpha(eps, p), steps=int(p["steps"]), random_start=bool(p["random_start"]))
-
-
-def _pgd_tcc(model, eps, p, n_classes, eot):
-    return ConsistencyPGD(model, eps=eps, alpha=_alpha(eps, p), steps=int(p["steps"]), lam=float(p["lam"]),
-                          random_start=bool(p["random_start"]))
 
 
 def _pgdl2(model, eps, p, n_classes, eot):
@@ -91,24 +97,20 @@ def _eotpgd(model, eps, p, n_classes, eot):
 
 def _apgd(loss: str) -> Callable[..., torchattacks.attack.Attack]:
     def build(model, eps, p, n_classes, eot):
-        return torchattacks.APGD(model, norm="Linf", eps=eps, steps=int(p["steps"]), n_restarts=1, seed=int(p["seed"]), loss=loss, rho=0.75)
+        # early exit only when a misclassification is final: a stochastic model's prediction is noisy
+        return APGD(model, eps=eps, steps=int(p["steps"]), seed=int(p["seed"]), loss=loss, early_exit=eot <= 1)
 
     return build
 
 
 def _apgdt(model, eps, p, n_classes, eot):
-    atk = torchattacks.APGDT(model, norm="Linf", eps=eps, steps=int(p["steps"]), n_restarts=1, seed=int(p["seed"]), n_classes=n_classes)
-    atk.n_target_classes = max(1, min(int(p["targets"]), n_classes - 1))  # the top-k classes by logit, as in AutoAttack
-    return atk
+    # the top-k classes by logit, as in AutoAttack
+    return APGDT(model, eps=eps, steps=int(p["steps"]), seed=int(p["seed"]), n_classes=n_classes, targets=int(p["targets"]),
+                 early_exit=eot <= 1)
 
 
 def _square(model, eps, p, n_classes, eot):
     return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=int(p["queries"]), n_restarts=1, p_init=float(p["p_init"]), loss="margin", seed=int(p["seed"]))
-
-
-def _cw(model, eps, p, n_classes, eot):
-    return CW(model, c=float(p["c"]), kappa=float(p["kappa"]), steps=int(p["steps"]), lr=float(p["lr"]),
-              search_steps=int(p["search_steps"]))
 
 
 def _deepfool(model, eps, p, n_classes, eot):
@@ -119,17 +121,10 @@ def _autoattack(model, eps, p, n_classes, eot):
     return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=int(p["seed"]))
 
 
-def _flip_greedy(model, eps, p, n_classes, eot):
-    return GreedyFlip(model, budget=int(eps), per_step=int(p["per_step"]))
-
-
-def _flip_random(model, eps, p, n_classes, eot):
-    return RandomFlip(model, budget=int(eps), trials=int(p["trials"]), seed=int(p["seed"]))
-
-
 _PGD_DEFAULTS = {"steps": 20, "step_scale": PGD_STEP_SCALE, "alpha": None, "random_start": True}
 
-ATTACKS: Dict[str, AttackSpec] = {
+#: attacks by CLI name (typed names are matched stripped and lower-cased)
+ATTACKS: Registry[AttackSpec] = Registry("attack", {
     spec.name: spec
     for spec in [
         AttackSpec("fgsm", "Linf", "single-step fast gradient sign", {}, _fgsm, iterative=False,
@@ -137,7 +132,7 @@ ATTACKS: Dict[str, AttackSpec] = {
         AttackSpec("pgd", "Linf", "projected gradient descent, random start", dict(_PGD_DEFAULTS), _pgd,
                    paper="https://arxiv.org/abs/1706.06083"),
         AttackSpec("pgd-tcc", "Linf", "adaptive PGD vs the tcc detector: all time windows + detector score",
-                   {**_PGD_DEFAULTS, "lam": 1.0}, _pgd_tcc, uses_own_eot=True, needs_detector=True,
+                   {**_PGD_DEFAULTS, "lam": 1.0}, ConsistencyPGD.from_params, uses_own_eot=True, needs_detector=True,
                    paper="https://arxiv.org/abs/2002.08347"),
         AttackSpec("pgdl2", "L2", "PGD in the L2 ball, random start", dict(_PGD_DEFAULTS), _pgdl2,
                    paper="https://arxiv.org/abs/1706.06083"),
@@ -152,26 +147,23 @@ ATTACKS: Dict[str, AttackSpec] = {
         AttackSpec("square", "Linf", "Square attack, gradient-free (masking check)", {"queries": 5000, "p_init": 0.8, "seed": 0},
                    _square, gradient_free=True, paper="https://arxiv.org/abs/1912.00049"),
         AttackSpec("cw", "L2", "Carlini-Wagner L2 (minimum norm; success only within eps)",
-                   {"steps": 100, "c": 1.0, "kappa": 1.0, "lr": 0.05, "search_steps": 5}, _cw, minimum_norm=True,
+                   {"steps": 100, "c": 1.0, "kappa": 1.0, "lr": 0.05, "search_steps": 5}, CW.from_params, minimum_norm=True,
                    paper="https://arxiv.org/abs/1608.04644"),
         AttackSpec("deepfool", "L2", "DeepFool (minimum norm; success only within eps)", {"steps": 50, "overshoot": 0.02},
                    _deepfool, minimum_norm=True, paper="https://arxiv.org/abs/1511.04599"),
         AttackSpec("flip-greedy", "L0", "event frames: greedy gradient-guided flips within an L0 budget (exact)", {"per_step": 5},
-                   _flip_greedy, paper="https://arxiv.org/abs/2503.03272"),
+                   GreedyFlip.from_params, paper="https://arxiv.org/abs/2503.03272"),
         AttackSpec("flip-random", "L0", "event frames: random flips within an L0 budget, gradient-free (masking check)",
-                   {"trials": 20, "seed": 0}, _flip_random, gradient_free=True),
+                   {"trials": 20, "seed": 0}, RandomFlip.from_params, gradient_free=True),
         AttackSpec("autoattack", "Linf", "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square", {"seed": 0}, _autoattack,
                    paper="https://arxiv.org/abs/2003.01690"),
     ]
-}
+}, normalize=lambda name: name.strip().lower())
 
 
 def get_spec(name: str) -> AttackSpec:
-    """Spec of an attack by CLI name."""
-    key = name.strip().lower()
-    if key not in ATTACKS:
-        raise RobustSNNError(f"unknown attack {name!r}; choose from: {', '.join(ATTACKS)}")
-    return ATTACKS[key]
+    """Spec of an attack by CLI name, or a one-line error listing them."""
+    return ATTACKS.get(name)
 
 
 def parse_attack(text: str) -> Tuple[AttackSpec, Dict[str, Any]]:

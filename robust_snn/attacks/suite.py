@@ -11,9 +11,9 @@ of the union of every attack and every gradient choice robust-snn offers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
-from ..errors import RobustSNNError
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Suite:
 #: on the shipped CSNNs (integer spike-count logits make narrow surrogates vanish).
 WIDE = "fast_sigmoid:slope=5"
 
-SUITES: Dict[str, Suite] = {
+SUITES: Registry[Suite] = Registry("suite", {
     s.name: s
     for s in [
         Suite(
@@ -73,16 +73,18 @@ SUITES: Dict[str, Suite] = {
                 Stage("apgd", WIDE),
                 Stage("apgd"),  # the model's own (training) surrogate, or --surrogate
                 Stage("apgd", "fast_sigmoid:slope=10"),
+                Stage("apgd", "atan"),
                 Stage("apgd", "assg"),
-                Stage("apgd-dlr"),
+                Stage("apgd-dlr", WIDE),
                 Stage("apgdt", WIDE, targets=3),
                 Stage("square", None, queries=1000),
             ),
             cascade=True,
             claim=True,
-            description="cascade of APGD-CE through four gradients (wide fast sigmoid, the model's own surrogate, fast "
-                        "sigmoid slope 10, the adaptive-sharpness ASSG), APGD-DLR, targeted APGD-DLR (top 3 classes), then "
-                        "gradient-free Square (1,000 queries) on the survivors as the masking check",
+            description="cascade of APGD-CE through five gradients (wide fast sigmoid, the model's own surrogate, fast "
+                        "sigmoid slope 10, atan, the adaptive-sharpness ASSG), APGD-DLR and targeted APGD-DLR (top 3 "
+                        "classes) through the wide fast sigmoid, then gradient-free Square (1,000 queries) on the survivors "
+                        "as the masking check",
         ),
         Suite(
             "quick",
@@ -92,7 +94,7 @@ SUITES: Dict[str, Suite] = {
             description="FGSM and PGD-20 through the model's own surrogate: a smoke test, not a robustness claim",
         ),
     ]
-}
+}, normalize=lambda n: str(n).strip().lower())
 
 DEFAULT_SUITE = "standard"
 QUICK_WARNING = ("quick suite (FGSM + PGD-20 through the model's surrogate): a smoke test, NOT a robustness claim; "
@@ -101,7 +103,4 @@ QUICK_WARNING = ("quick suite (FGSM + PGD-20 through the model's surrogate): a s
 
 def get_suite(name: str) -> Suite:
     """Suite by CLI name."""
-    key = str(name).strip().lower()
-    if key not in SUITES:
-        raise RobustSNNError(f"unknown suite {name!r}; choose from: {', '.join(SUITES)}")
-    return SUITES[key]
+    return SUITES.get(name)

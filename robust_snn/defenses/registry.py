@@ -1,12 +1,13 @@
 """Build defenses from CLI/spec strings: ``blur:sigma=1.0,kernel=5``, ``quantize:bits=4``, ``tcc:fpr=0.05``."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
 
 from ..errors import RobustSNNError
+from ..registry import Registry
 from ..specs import parse_params, split_spec
 from .base import Defended, Detector, Preprocessor
 from .blur import GaussianBlur
@@ -14,8 +15,13 @@ from .quantize import Quantize
 from .tcc import TemporalConsistencyDetector
 
 #: defenses by spec name; their parameters are their constructors' keyword arguments
-PREPROCESSORS: Dict[str, Callable[..., Preprocessor]] = {"blur": GaussianBlur, "quantize": Quantize}
-DETECTORS = {"tcc": TemporalConsistencyDetector}
+PREPROCESSORS: Registry[Callable[..., Preprocessor]] = Registry("defense", {
+    "blur": GaussianBlur,
+    "quantize": Quantize,
+}, also=("none",))
+DETECTORS: Registry[Type[Detector]] = Registry("detector", {
+    "tcc": TemporalConsistencyDetector,
+})
 
 
 def make_preprocessor(spec: str) -> Optional[Preprocessor]:
@@ -23,23 +29,20 @@ def make_preprocessor(spec: str) -> Optional[Preprocessor]:
     name, raw = split_spec(spec, what="defense")
     if name == "none" and not raw:
         return None
-    if name not in PREPROCESSORS:
-        raise RobustSNNError(f"unknown defense {name!r}; choose from: none, {', '.join(PREPROCESSORS)}")
-    return PREPROCESSORS[name](**parse_params(name, raw, PREPROCESSORS[name], spec=spec, what="defense"))
+    cls = PREPROCESSORS.get(name)
+    return cls(**parse_params(name, raw, cls, spec=spec, what="defense"))
 
 
 def parse_detector_spec(spec: str) -> tuple:
     """``"tcc:fpr=0.05"`` -> ``("tcc", {"fpr": 0.05})``, checking the name and parameter names."""
     name, raw = split_spec(spec, what="detector")
-    if name not in DETECTORS:
-        raise RobustSNNError(f"unknown detector {name!r}; choose from: {', '.join(DETECTORS)}")
-    return name, parse_params(name, raw, DETECTORS[name], spec=spec, what="detector")
+    return name, parse_params(name, raw, DETECTORS.get(name), spec=spec, what="detector")
 
 
 def make_detector(spec: str, model: nn.Module) -> Detector:
     """An uncalibrated detector on ``model`` (call ``calibrate``)."""
     name, params = parse_detector_spec(spec)
-    return DETECTORS[name](model, **params)
+    return DETECTORS.get(name)(model, **params)
 
 
 def build_defended(model: nn.Module, defenses: Sequence[str] = (), detector: Optional[str] = None,

@@ -14,7 +14,7 @@ def _check_rows(row: Dict[str, Any]) -> List[Dict[str, Any]]:
         return [{"n": row["n"], **r} for r in row["check_rows"]]
     from ..attacks.registry import ATTACKS
 
-    spec = ATTACKS.get(row.get("attack_kind") or "")
+    spec = ATTACKS.get(row.get("attack_kind") or "", None)
     ok = str(row.get("within_bound")) not in ("False", "false")
     return [{"attack": row["attack"], "surrogate": row["surrogate"], "norm": "Linf", "eps": row["eps"],
              "robust_accuracy": row["robust_accuracy"], "iterative": bool(spec and spec.iterative),

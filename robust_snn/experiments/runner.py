@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def _attack_params_label(a: AttackEntry) -> str:
-    return f"steps={a.steps},queries={a.queries},restarts={a.restarts}"
+    label = f"steps={a.steps},queries={a.queries},restarts={a.restarts}"
+    return label + f",spec={a.attack}" if ":" in a.attack else label  # a changed spec is a new cell, not a resumed one
 
 
 def cells(spec: ExperimentSpec) -> List[Dict[str, Any]]:
@@ -46,7 +47,7 @@ def cells(spec: ExperimentSpec) -> List[Dict[str, Any]]:
                 for seed in spec.seeds:
                     for s in spec.surrogates:
                         for a in spec.attacks:
-                            if needs_detector(a.attack) and (d.detector is None or not d.adaptive):
+                            if needs_detector(a.kind) and (d.detector is None or not d.adaptive):
                                 continue  # an attack on the detector needs an adaptive detector defense
                             for e in (a.eps if a.eps is not None else spec.eps):
                                 key = "|".join([m.name, d.name, a.name, _attack_params_label(a), s or "model", f"{e:g}",
@@ -133,7 +134,7 @@ def run_cell(ctx: _Context, cell: Dict[str, Any], *, progress: bool = False) -> 
     rs = res["results"]
     row = {
         "model": m.name, "defense": d.name, "detector": d.detector or "", "adaptive": d.adaptive, "attack": a.name,
-        "attack_kind": a.attack, "surrogate": cell["surrogate"] or "model", "eps": cell["eps"],
+        "attack_kind": a.kind, "surrogate": cell["surrogate"] or "model", "eps": cell["eps"],
         "num_steps": int(model.num_steps), "seed": cell["seed"], "n": n, "clean_accuracy": res["clean_accuracy"],
         "robust_accuracy": k / n, "ci_low": lo, "ci_high": hi,
         "success_rate": ((res["clean_predictions"] == y) & ~correct).sum().item() / max(1, int((res["clean_predictions"] == y).sum())),

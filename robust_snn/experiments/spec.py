@@ -15,6 +15,8 @@ Example (``experiments/mnist-eps.toml``)::
     [[attacks]]
     name = "pgd"
     steps = 20
+    [[attacks]]
+    attack = "pgd:steps=50,step_scale=2"   # the spec language of `robust-snn attack --attack`
 
 Relative checkpoint paths are resolved against the spec file's folder, then the
 current directory; ``"default"`` is the shipped ``csnn-mnist.pt``.
@@ -57,11 +59,16 @@ class DefenseEntry:
 @dataclass
 class AttackEntry:
     name: str
-    attack: str
+    attack: str  # a suite name, an attack name, or an attack spec ``name:key=value,...`` as for ``--attack``
     steps: Optional[int] = None
     queries: Optional[int] = None
     restarts: int = 1
     eps: Optional[List[float]] = None  # overrides the grid for this attack
+
+    @property
+    def kind(self) -> str:
+        """The registry name: ``attack`` without its ``:key=value`` parameters."""
+        return self.attack.partition(":")[0].strip().lower()
 
 
 @dataclass
@@ -106,7 +113,7 @@ def _resolve_checkpoint(value: str, base: Optional[Path]) -> Optional[Path]:
 
 def parse_spec(data: Dict[str, Any], *, path: Optional[Path] = None) -> ExperimentSpec:
     """Validate a parsed TOML document; every problem is reported, one per line."""
-    from ..attacks.registry import ATTACKS
+    from ..attacks.registry import ATTACKS, parse_attack
     from ..attacks.suite import SUITES
     from ..defenses.registry import make_preprocessor, parse_detector_spec
     from ..surrogates import parse_spec as parse_surrogate
@@ -228,18 +235,27 @@ def parse_spec(data: Dict[str, Any], *, path: Optional[Path] = None) -> Experime
             continue
         _unknown(f"attacks[{i}]", a, ATTACK_KEYS, problems)
         kind = a.get("attack", a.get("name"))
+        if not isinstance(kind, str) or not kind.strip():
+            problems.append(f"attacks[{i}]: attack must be an attack name, an attack spec (name:key=value) or a suite, got {kind!r}")
+            continue
+        kind = kind.strip()
         if kind in SUITES:  # a whole suite as one cell: its per-sample worst case
             if a.get("restarts") not in (None, 1):
                 problems.append(f"attacks[{i}] ({kind}): a suite takes no restarts")
             own = [float(e) for e in number_list(f"attacks[{i}].eps", a["eps"], lo=0.0, hi=1.0)] if "eps" in a else None
             attacks.append(AttackEntry(a.get("name") or kind, kind, a.get("steps"), a.get("queries"), 1, own))
             continue
-        if kind not in ATTACKS:
+        if kind.partition(":")[0].strip().lower() not in ATTACKS:
             problems.append(f"attacks[{i}]: unknown attack {kind!r}; choose an attack ({', '.join(ATTACKS)}) "
                             f"or a suite ({', '.join(SUITES)})")
             continue
-        if ATTACKS[kind].norm != "Linf":
-            problems.append(f"attacks[{i}]: sweeps use the L-inf eps grid; {kind} is an {ATTACKS[kind].norm} attack")
+        try:  # `name:key=value` parameters: the same parsing and checks as `robust-snn attack --attack`
+            attack_spec, _ = parse_attack(kind)
+        except RobustSNNError as e:
+            problems.append(f"attacks[{i}]: {e}")
+            continue
+        if attack_spec.norm != "Linf":
+            problems.append(f"attacks[{i}]: sweeps use the L-inf eps grid; {attack_spec.name} is an {attack_spec.norm} attack")
             continue
         for key in ("steps", "queries", "restarts"):
             v = a.get(key)

@@ -1,42 +1,37 @@
 """Spiking neuron layers: one interface (:class:`SpikingNeuron`), one file per neuron type.
 
 ``NEURONS`` maps the ``neuron`` key of a model config to its class; a new neuron type is
-one new file and one line here.
+one new file (a :class:`SpikingNeuron` subclass with a ``name`` and a ``description``)
+plus its import and one entry in ``NEURONS``, as ALIF and Synaptic are.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, Dict, Iterator, Optional, Type
 
 from torch import nn
 
-from ..errors import RobustSNNError
+from ..registry import Registry
 from ..surrogates import parse_spec
 from .alif import ALIF
 from .base import RESET_MECHANISMS, SpikingNeuron
 from .lif import LIF, _fast_lif_forward
 from .synaptic import Synaptic
 
-#: neuron types by config name, with a one-line description
-NEURONS: Dict[str, Type[SpikingNeuron]] = {
-    "lif": LIF,
-    "alif": ALIF,
-    "synaptic": Synaptic,
-}
-NEURON_DESCRIPTIONS = {
-    "lif": "leaky integrate-and-fire (snnTorch Leaky), fused kernel",
-    "alif": "LIF with a spike-triggered decaying threshold (alpha: its decay, adapt: its step)",
-    "synaptic": "current-based LIF, two state variables (snnTorch Synaptic; alpha: synaptic decay)",
-}
+#: neuron types by config name (each class's ``name``)
+NEURONS: Registry[Type[SpikingNeuron]] = Registry("neuron", {cls.name: cls for cls in (
+    LIF,
+    ALIF,
+    Synaptic,
+)})
+#: one line per neuron type, for ``robust-snn info``
+NEURON_DESCRIPTIONS: Dict[str, str] = {name: cls.description for name, cls in NEURONS.items()}
 
 
 def make_neuron(name: str, **params: Any) -> SpikingNeuron:
     """A neuron layer by config name; ``params`` not taken by that type (e.g. ``alpha`` for LIF) are ignored."""
-    import inspect
-
-    if name not in NEURONS:
-        raise RobustSNNError(f"unknown neuron {name!r}; choose one of: {', '.join(NEURONS)}")
-    cls = NEURONS[name]
+    cls = NEURONS.get(name)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     return cls(**{k: v for k, v in params.items() if k in accepted})
 

@@ -39,6 +39,7 @@ class ALIF(SpikingNeuron):
     """
 
     name = "alif"
+    description = "LIF with a spike-triggered decaying threshold (alpha: its decay, adapt: its step)"
 
     def __init__(self, *, alpha: float = 0.9, adapt: float = 0.2, beta: float = 0.9, threshold: float = 1.0,
                  surrogate: str = "fast_sigmoid:slope=25", reset_mechanism: str = "subtract") -> None:

@@ -6,8 +6,8 @@ and multi-step over a whole ``[T, B, ...]`` sequence (:meth:`SpikingNeuron.forwa
 which a neuron may speed up with a fused kernel). Attacks change the gradient through
 :meth:`SpikingNeuron.set_surrogate`, never through a neuron's internals.
 
-A new neuron type is one file with a subclass and one line in
-:data:`robust_snn.neurons.NEURONS`.
+A new neuron type is one file with a subclass (with its ``name`` and ``description``), plus
+its import and one entry in :data:`robust_snn.neurons.NEURONS`.
 """
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ class SpikingNeuron(nn.Module):
 
     #: registry name (``neuron`` in a model config)
     name = "base"
+    #: one line for ``robust-snn info``
+    description = ""
     #: position of the membrane potential in the state tuple
     mem_index = 0
 

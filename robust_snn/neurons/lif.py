@@ -157,6 +157,7 @@ class LIF(SpikingNeuron):
     """
 
     name = "lif"
+    description = "leaky integrate-and-fire (snnTorch Leaky), fused kernel"
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ class Synaptic(SpikingNeuron):
     """
 
     name = "synaptic"
+    description = "current-based LIF, two state variables (snnTorch Synaptic; alpha: synaptic decay)"
     mem_index = 1
 
     def __init__(self, *, alpha: float = 0.9, beta: float = 0.9, threshold: float = 1.0,
