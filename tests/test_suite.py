@@ -247,3 +247,14 @@ def test_suite_stage_names_are_unique_and_a_repeated_stage_is_skipped(surrogate)
     assert len(runs) == len(set(runs))  # no stage repeats another's attack and gradient
     # the user's gradient equal to the wide stage's (fast sigmoid's default slope is 25, not 5): one stage fewer
     assert len(jobs) == len(std.stages) - (surrogate == "fast_sigmoid:slope=5")
+
+
+def test_a_stage_seed_offsets_the_runs_seed():
+    from robust_snn.attacks.evaluate import _jobs
+    from robust_snn.attacks.registry import get_spec
+
+    suite = Suite("seeded", (Stage("apgd", "atan"), Stage("apgd", "sigmoid", seed=3), Stage("square", seed=1)), cascade=True,
+                  claim=True, description="t")
+    jobs = _jobs([get_spec(st.attack) for st in suite.stages], suite, eps=[0.1], eps_l2=[], grads=[None], surrogate=None,
+                 steps=None, queries=None, seed=10)
+    assert [j.params["seed"] for j in jobs] == [10, 13, 11]

@@ -516,7 +516,7 @@ def _jobs(specs: List[AttackSpec], suite: Optional[Suite], *, eps: List[float], 
     seen = set()
     for st, sp in zip(suite.stages, specs):
         params = attack_params(sp, steps=st.steps if steps is None else steps, queries=st.queries if queries is None else queries,
-                               seed=seed)
+                               seed=seed if st.seed is None else seed + st.seed)
         if st.targets is not None:
             params["targets"] = st.targets
         if sp.gradient_free:

@@ -26,6 +26,8 @@ class Stage:
         steps: iterations (``None``: the attack's default).
         queries: queries of a gradient-free attack (``None``: the attack's default).
         targets: target classes of a targeted attack (``None``: the attack's default).
+        seed: added to the run's seed for this stage's random starts (``None``: the run's seed, so
+            stages that see the same survivors start from the same points).
     """
 
     attack: str
@@ -33,6 +35,7 @@ class Stage:
     steps: Optional[int] = None
     queries: Optional[int] = None
     targets: Optional[int] = None
+    seed: Optional[int] = None
 
     @property
     def label(self) -> str:
