@@ -322,13 +322,16 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
 
     from .attacks import get_spec, get_suite
     from .attacks.registry import parse_attack, split_attack_list
+    from .attacks.suite import DEFAULT_SUITE, EVENTS_SUITE, default_suite
 
     if attack_names is not None and suite is not None:
         raise RobustSNNError("give --attack (exactly these attacks) or --suite, not both")
     names = None if attack_names is None else split_attack_list(attack_names)
     if names is not None and not names:
         raise RobustSNNError("--attack is empty; name at least one attack (see `robust-snn info`)")
-    specs = [parse_attack(a)[0] for a in names] if names is not None else [get_spec(st.attack) for st in get_suite(suite or "standard").stages]
+    # no suite named: the events suite when only event budgets are given (the model may still switch it, below)
+    suite_name = suite or (EVENTS_SUITE if budget is not None and eps is None and eps_l2 is None else DEFAULT_SUITE)
+    specs = [parse_attack(a)[0] for a in names] if names is not None else [get_spec(st.attack) for st in get_suite(suite_name).stages]
     norms = {sp.norm for sp in specs}
     for opt, value, knob in (("--steps", steps, "steps"), ("--queries", queries, "queries")):
         if value is not None and not any(knob in sp.defaults for sp in specs):
@@ -353,13 +356,17 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     dd = distributed.init(device)
     device = distributed.device_for(device)
     model = load_model(checkpoint, device=device, num_steps=num_steps)
+    if names is None and suite is None and suite_name != default_suite(model):  # an event model: its own default suite
+        if eps is not None or eps_l2 is not None:
+            raise RobustSNNError("this model takes event tensors: its budgets are events (--budget), not --eps/--eps-l2")
+        suite_name = default_suite(model)
     ds = dataset or model.config["dataset"]
     target, source, x, y, notes = _defended_setup(model, ds, defenses=defenses, detector=detector, adaptive=adaptive,
                                                   calibration_size=calibration_size, limit=n_limit, data_dir=data_dir)
     torch.manual_seed(seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RobustnessWarning)
-        result = evaluate(target, x, y, attacks=names, suite=None if names is not None else (suite or "standard"), eps=eps_list,
+        result = evaluate(target, x, y, attacks=names, suite=None if names is not None else suite_name, eps=eps_list,
                           eps_l2=eps_l2_list, eps_l0=budget_list, steps=steps, queries=queries, restarts=restarts, surrogate=surrogate,
                           eot_samples=eot_samples, samples=samples, batch_size=batch_size, seed=seed, checks=checks,
                           progress=not as_json and dd.is_main, keep_examples=out is not None, source_model=source,
@@ -642,8 +649,9 @@ def info(as_json: bool) -> None:
     click.echo("surrogates: " + ", ".join(data["surrogates"]) + "; attack-only: " + ", ".join(data["attack_gradients"]))
     click.echo("suites:")
     for name, su in data["suites"].items():
-        stages = " -> ".join(f"{st['attack']}[{st['gradient']}]" for st in su["stages"])
-        click.echo(f"  {name:<9}{' (default)' if su['default'] else ''} {stages}" + ("" if su["robustness_claim"] else "  (smoke test)"))
+        stages = " -> ".join(st["attack"] + (f"[{st['gradient']}]" if st["gradient"] else "") for st in su["stages"])
+        default = " (default)" if su["default"] else " (default for event models)" if su.get("default_for_event_models") else ""
+        click.echo(f"  {name:<9}{default} {stages}" + ("" if su["robustness_claim"] else "  (not a robustness claim)"))
     if data.get("attacks"):
         click.echo("attacks:")
         for name, a in data["attacks"].items():

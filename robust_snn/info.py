@@ -34,11 +34,13 @@ def gather_info() -> Dict[str, Any]:
         }
     except ImportError:  # pragma: no cover - attacks subpackage always ships
         data["attacks"] = {}
-    from .attacks.suite import DEFAULT_SUITE, SUITES
+    from .attacks.registry import ATTACKS
+    from .attacks.suite import DEFAULT_SUITE, EVENTS_SUITE, SUITES
 
     data["suites"] = {
-        name: {"default": name == DEFAULT_SUITE, "cascade": s.cascade, "robustness_claim": s.claim, "description": s.description,
-               "stages": [{"attack": st.attack, "gradient": st.gradient or "model",
+        name: {"default": name == DEFAULT_SUITE, "default_for_event_models": name == EVENTS_SUITE, "cascade": s.cascade,
+               "robustness_claim": s.claim, "description": s.description,
+               "stages": [{"attack": st.attack, "gradient": None if ATTACKS[st.attack].gradient_free else st.gradient or "model",
                            **{k: v for k, v in (("steps", st.steps), ("queries", st.queries), ("targets", st.targets)) if v is not None}}
                           for st in s.stages]}
         for name, s in SUITES.items()

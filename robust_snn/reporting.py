@@ -23,7 +23,7 @@ def _pct_ci(lo: float, hi: float) -> str:
 
 def format_table(result: Dict[str, Any]) -> str:
     """Human-readable table: one line per attack (or suite stage) and eps, then the worst case and checks."""
-    from .attacks.suite import QUICK_WARNING, get_suite
+    from .attacks.suite import get_suite
 
     lines: List[str] = []
     ci = result["clean_interval"]
@@ -33,7 +33,7 @@ def format_table(result: Dict[str, Any]) -> str:
         s = get_suite(result["suite"])
         lines.append(f"suite: {s.name}: {s.description}")
         if not s.claim:
-            lines.append(f"WARNING: {QUICK_WARNING}")
+            lines.append(f"WARNING: {s.warning}")
     cascade = any(r.get("cascade") for r in result["results"])
     width = max([len("attack")] + [len(r["attack"]) for r in result["results"]]) + 2
     head = (f"{'stage' if cascade else 'attack':<{width}}{'norm':<5}{'eps':>6}{'attacked':>9}{'broken':>8}{'robust':>9}{'95% CI':>15}"

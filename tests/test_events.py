@@ -146,3 +146,25 @@ def test_event_attacks_stay_binary_within_an_exact_l0_budget(synthetic_nmnist, s
     xi, yi = load_split("mnist", "test", limit=8)
     with pytest.raises(RobustSNNError, match="need a model that takes event tensors"):
         evaluate(image_model, xi, yi, attacks=["flip-random"], eps_l0=[5])
+
+
+def test_event_models_get_the_events_suite_by_default(synthetic_nmnist, scnn_checkpoint):
+    from robust_snn import load_model
+    from robust_snn.attacks import evaluate
+
+    model = load_model(scnn_checkpoint)
+    x, y = load_split("nmnist", "test", data_dir=synthetic_nmnist, num_steps=6, limit=40)
+    res = evaluate(model, x, y, eps_l0=[20])  # no attacks, no suite: the model's default suite
+    assert res["suite"] == "events" and res["robustness_claim"] is False
+    assert [r["attack"] for r in res.rows] == ["flip-greedy", "flip-random"]
+    assert res.rows[1]["attacked"] == int(res.worst_mask(20, "L0").sum()) + res.rows[1]["broken"]  # cascade: survivors only
+
+    base = ["attack", "--checkpoint", str(scnn_checkpoint), "--data-dir", str(synthetic_nmnist), "--limit", "30"]
+    out = CliRunner().invoke(main, base + ["--budget", "0,20"])
+    assert out.exit_code == 0, out.output
+    assert "suite: events" in out.output and "WARNING: events suite" in out.output and "flip-random" in out.output
+    plain = CliRunner().invoke(main, base)  # no budget either: the default L0 budget
+    assert plain.exit_code == 0 and "suite: events" in plain.output, plain.output
+    refused = CliRunner().invoke(main, base + ["--eps", "0.1"])
+    assert refused.exit_code != 0 and "its budgets are events (--budget)" in refused.output
+    assert "Traceback" not in refused.output

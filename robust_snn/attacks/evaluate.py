@@ -26,7 +26,7 @@ from .eot import EOT
 from .guard import GradGuard
 from .result import EvaluationResult, result_key
 from .registry import AttackSpec, attack_params, build_attack, get_spec, parse_attack
-from .suite import DEFAULT_SUITE, Suite, get_suite
+from .suite import Suite, default_suite, get_suite
 from ..utils import progress_bar
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def evaluate(
     the_suite: Optional[Suite] = None
     overrides: List[Dict[str, Any]] = []
     if attacks is None:
-        the_suite = get_suite(suite or DEFAULT_SUITE)
+        the_suite = get_suite(suite or default_suite(model))
         specs = [get_spec(st.attack) for st in the_suite.stages]
     else:  # names, or specs with hyperparameters ("pgd:steps=50")
         parsed = [parse_attack(a) for a in dict.fromkeys(a.strip().lower() for a in attacks)]

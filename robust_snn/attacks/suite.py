@@ -52,8 +52,9 @@ class Suite:
         stages: run in order.
         cascade: each stage attacks only samples still robust after the earlier ones
             (``False``: every stage attacks every clean-correct sample, as ``--attack`` does).
-        claim: the printed robust accuracy is a robustness estimate (``False``: smoke test).
+        claim: the printed robust accuracy is a robustness estimate (``False``: printed with ``warning``).
         description: one line for ``robust-snn info``.
+        warning: printed above the results when ``claim`` is ``False``.
     """
 
     name: str
@@ -61,7 +62,13 @@ class Suite:
     cascade: bool
     claim: bool
     description: str
+    warning: str = ""
 
+
+QUICK_WARNING = ("quick suite (FGSM + PGD-20 through the model's surrogate): a smoke test, NOT a robustness claim; "
+                 "it overstates robustness by tens of points on the shipped models (use the default --suite standard)")
+EVENTS_WARNING = ("events suite (greedy and random event flips): NOT yet a robustness claim; the stronger event attacks "
+                  "(SpikeFool, PGA, SDA) are not in robust-snn yet, so the printed numbers are upper bounds")
 
 #: The wide fast-sigmoid surrogate: the single gradient that finds most adversarial examples
 #: on the shipped CSNNs (integer spike-count logits make narrow surrogates vanish).
@@ -95,15 +102,30 @@ SUITES: Registry[Suite] = Registry("suite", {
             cascade=False,
             claim=False,
             description="FGSM and PGD-20 through the model's own surrogate: a smoke test, not a robustness claim",
+            warning=QUICK_WARNING,
+        ),
+        Suite(
+            "events",
+            (Stage("flip-greedy"), Stage("flip-random")),
+            cascade=True,
+            claim=False,
+            description="for event models (L0 budgets, --budget): greedy gradient-guided event flips, then random flips on "
+                        "the survivors as the masking check; the default for models that take event tensors",
+            warning=EVENTS_WARNING,
         ),
     ]
 }, normalize=lambda n: str(n).strip().lower())
 
 DEFAULT_SUITE = "standard"
-QUICK_WARNING = ("quick suite (FGSM + PGD-20 through the model's surrogate): a smoke test, NOT a robustness claim; "
-                 "it overstates robustness by tens of points on the shipped models (use the default --suite standard)")
+#: the default suite of models that take event tensors (``input = "events"``)
+EVENTS_SUITE = "events"
 
 
 def get_suite(name: str) -> Suite:
     """Suite by CLI name."""
     return SUITES.get(name)
+
+
+def default_suite(model: object) -> str:
+    """The suite a model is attacked with when none is named: ``events`` for event models, else ``standard``."""
+    return EVENTS_SUITE if getattr(model, "events", False) else DEFAULT_SUITE
