@@ -295,3 +295,44 @@ def test_calibration_split_is_disjoint_from_the_evaluation(tiny_model, data_dir,
         calibration_split(tiny_model, "mnist", n=100, limit=9950, data_dir=str(tmp_path))
     with pytest.raises(RobustSNNError, match="at least 20"):
         calibration_split(tiny_model, "mnist", n=5, data_dir=str(tmp_path))
+
+
+def test_denoise_keeps_events_with_a_recent_neighbour_and_drops_isolated_ones():
+    from robust_snn.defenses.denoise import Denoise
+
+    x = torch.zeros(1, 4, 2, 6, 6)
+    x[0, 0, 0, 1, 1] = 1  # isolated: noise
+    x[0, 2, 1, 3, 3] = x[0, 2, 0, 3, 4] = 1  # neighbours in the same bin, either polarity
+    x[0, 1, 0, 5, 0] = x[0, 2, 0, 4, 1] = 1  # the later one has an earlier neighbour, the earlier one only a later one
+    x[0, 3, 0, 0, 5] = 1  # isolated
+    kept = {tuple(i) for i in Denoise(window=1)(x).nonzero()[:, 1:].tolist()}
+    assert kept == {(2, 1, 3, 3), (2, 0, 3, 4), (2, 0, 4, 1)}
+    # window 0: only the same bin counts, so the event with an earlier neighbour goes too
+    assert {tuple(i) for i in Denoise(window=0)(x).nonzero()[:, 1:].tolist()} == {(2, 1, 3, 3), (2, 0, 3, 4)}
+    # a longer window: the bin-3 event still has no neighbour at all; the same events survive
+    assert {tuple(i) for i in Denoise(window=3)(x).nonzero()[:, 1:].tolist()} == kept
+
+
+def test_denoise_is_binary_in_binary_out_with_a_straight_through_gradient():
+    from robust_snn.defenses.denoise import Denoise
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 5, 2, 8, 8, generator=g) < 0.1).float().requires_grad_()
+    out = Denoise(window=1)(x)
+    assert ((out == 0) | (out == 1)).all() and (out <= x).all()  # a subset of the events
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))  # BPDA: identity
+    with pytest.raises(RobustSNNError, match="event tensors"):
+        Denoise()(torch.zeros(2, 1, 28, 28))
+    for bad in (-1, 1.5):
+        with pytest.raises(RobustSNNError, match="window"):
+            Denoise(window=bad)
+
+
+def test_event_and_image_defenses_refuse_the_other_kind_of_model():
+    from robust_snn.defenses.denoise import Denoise
+
+    with pytest.raises(RobustSNNError, match="use blur or quantize"):
+        Defended(load_model(), preprocessors=[Denoise()])
+    res = CliRunner().invoke(main, ["attack", "--limit", "5", "--defense", "denoise"])
+    assert res.exit_code != 0 and "filters event tensors" in res.output and "Traceback" not in res.output

@@ -168,3 +168,18 @@ def test_event_models_get_the_events_suite_by_default(synthetic_nmnist, scnn_che
     refused = CliRunner().invoke(main, base + ["--eps", "0.1"])
     assert refused.exit_code != 0 and "its budgets are events (--budget)" in refused.output
     assert "Traceback" not in refused.output
+
+
+def test_denoise_defense_is_attacked_adaptively_and_by_transfer(synthetic_nmnist, scnn_checkpoint):
+    import json
+
+    base = ["attack", "--checkpoint", str(scnn_checkpoint), "--data-dir", str(synthetic_nmnist), "--limit", "30", "--budget", "20",
+            "--defense", "denoise:window=1", "--json"]
+    for extra in ([], ["--no-adaptive"]):
+        out = CliRunner().invoke(main, base + extra)
+        assert out.exit_code == 0, out.output
+        res = json.loads(out.output[out.output.index("{"):])
+        assert res["defense"] == "denoise:window=1" and res["adaptive"] is (not extra)
+        assert all(r["within_bound"] and r["in_range"] and r["l0_max"] <= 20 for r in res["results"])
+    blur = CliRunner().invoke(main, base[:-3] + ["--defense", "blur"])
+    assert blur.exit_code != 0 and "use denoise" in blur.output and "Traceback" not in blur.output

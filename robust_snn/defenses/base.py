@@ -25,12 +25,15 @@ class Preprocessor(nn.Module):
     Shape: ``[B, C, H, W]`` -> ``[B, C, H, W]``, values in [0, 1].
 
     Attributes:
-        name: registry name (``blur``, ``quantize``).
+        name: registry name (``blur``, ``quantize``, ``denoise``).
         differentiable: ``False`` when the backward is a BPDA approximation.
+        events: transforms event tensors ``[B, T, P, H, W]`` (models with ``input = "events"``)
+            instead of images.
     """
 
     name = "preprocessor"
     differentiable = True
+    events = False
 
     def params(self) -> Dict[str, Any]:
         """Hyperparameters, for reports."""
@@ -119,6 +122,11 @@ class Defended(nn.Module):
 
     def __init__(self, model: nn.Module, *, preprocessors: Sequence[Preprocessor] = (), detector: Optional[Detector] = None) -> None:
         super().__init__()
+        events = bool(getattr(model, "events", False))
+        for p in preprocessors:
+            if bool(getattr(p, "events", False)) != events:
+                raise RobustSNNError(f"defense {p.name!r} filters {'event tensors' if p.events else 'images'}, but this model takes "
+                                     f"{'event tensors (use denoise)' if events else 'images (use blur or quantize)'}")
         self.model = model
         self.preprocessors = nn.ModuleList(list(preprocessors))
         self.detector = detector
@@ -128,6 +136,11 @@ class Defended(nn.Module):
     @property
     def config(self) -> Dict[str, Any]:
         return getattr(self.model, "config", {})
+
+    @property
+    def events(self) -> bool:
+        """The model takes event tensors ``[B, T, P, H, W]``."""
+        return bool(getattr(self.model, "events", False))
 
     @property
     def encoder(self) -> Any:

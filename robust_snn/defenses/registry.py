@@ -1,4 +1,4 @@
-"""Build defenses from CLI/spec strings: ``blur:sigma=1.0,kernel=5``, ``quantize:bits=4``, ``tcc:fpr=0.05``."""
+"""Build defenses from CLI/spec strings: ``blur:sigma=1.0,kernel=5``, ``quantize:bits=4``, ``denoise:window=1``, ``tcc:fpr=0.05``."""
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Tuple, Type
@@ -11,6 +11,7 @@ from ..registry import Registry
 from ..specs import parse_params, split_spec
 from .base import Defended, Detector, Preprocessor
 from .blur import GaussianBlur
+from .denoise import Denoise
 from .quantize import Quantize
 from .tcc import TemporalConsistencyDetector
 
@@ -18,6 +19,7 @@ from .tcc import TemporalConsistencyDetector
 PREPROCESSORS: Registry[Callable[..., Preprocessor]] = Registry("defense", {
     "blur": GaussianBlur,
     "quantize": Quantize,
+    "denoise": Denoise,
 }, also=("none",))
 DETECTORS: Registry[Type[Detector]] = Registry("detector", {
     "tcc": TemporalConsistencyDetector,
