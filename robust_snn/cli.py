@@ -333,9 +333,13 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     suite_name = suite or (EVENTS_SUITE if budget is not None and eps is None and eps_l2 is None else DEFAULT_SUITE)
     specs = [parse_attack(a)[0] for a in names] if names is not None else [get_spec(st.attack) for st in get_suite(suite_name).stages]
     norms = {sp.norm for sp in specs}
-    for opt, value, knob in (("--steps", steps, "steps"), ("--queries", queries, "queries")):
-        if value is not None and not any(knob in sp.defaults for sp in specs):
-            raise RobustSNNError(f"{opt} is used by none of the attacks ({', '.join(sp.name for sp in specs)}); leave it out")
+
+    def check_knobs(specs: list) -> None:
+        for opt, value, knob in (("--steps", steps, "steps"), ("--queries", queries, "queries")):
+            if value is not None and not any(knob in sp.defaults for sp in specs):
+                raise RobustSNNError(f"{opt} is used by none of the attacks ({', '.join(sp.name for sp in specs)}); leave it out")
+
+    check_knobs(specs)
     if eps is not None and "Linf" not in norms:
         raise RobustSNNError("--eps sets L∞ budgets, but none of the attacks is an L∞ attack; give the L2 radius with --eps-l2")
     if eps_l2 is not None and "L2" not in norms:
@@ -356,10 +360,13 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     dd = distributed.init(device)
     device = distributed.device_for(device)
     model = load_model(checkpoint, device=device, num_steps=num_steps)
-    if names is None and suite is None and suite_name != default_suite(model):  # an event model: its own default suite
+    if names is None and suite is None and suite_name != default_suite(model):
+        if not getattr(model, "events", False):  # --budget alone picked the events suite
+            raise RobustSNNError("this model takes images: --budget sets event budgets for event models; use --eps (or --eps-l2)")
         if eps is not None or eps_l2 is not None:
             raise RobustSNNError("this model takes event tensors: its budgets are events (--budget), not --eps/--eps-l2")
-        suite_name = default_suite(model)
+        suite_name = default_suite(model)  # an event model: its own default suite
+        check_knobs([get_spec(st.attack) for st in get_suite(suite_name).stages])
     ds = dataset or model.config["dataset"]
     target, source, x, y, notes = _defended_setup(model, ds, defenses=defenses, detector=detector, adaptive=adaptive,
                                                   calibration_size=calibration_size, limit=n_limit, data_dir=data_dir)

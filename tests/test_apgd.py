@@ -99,3 +99,29 @@ def test_registry_turns_early_exit_off_for_stochastic_models(tiny_model):
         assert build_attack(spec, tiny_model, 0.1, params, n_classes=10, eot_samples=1).early_exit
         # a stochastic encoder (EOT over 4 draws): one noisy misclassification is not final
         assert not build_attack(spec, tiny_model, 0.1, params, n_classes=10, eot_samples=4).early_exit
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_evaluate_keeps_full_length_runs_for_stochastic_models_even_with_one_eot_sample(stochastic, monkeypatch):
+    import importlib
+
+    from robust_snn.models import build_model
+
+    ev = importlib.import_module("robust_snn.attacks.evaluate")
+    built = []
+    real = ev.build_attack
+    monkeypatch.setattr(ev, "build_attack", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    torch.manual_seed(0)
+    model = build_model("csnn", channels=[4, 8], hidden=[16], encoding="rate" if stochastic else "direct", threshold=0.3,
+                        num_steps=4).eval()
+    x = torch.rand(4, 1, 28, 28) * 0.8 + 0.1
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    ev.evaluate(model, x, y, attacks=["apgd"], eps=[0.1], steps=2, eot_samples=1, samples=1, checks=False)
+    apgd = [a for a in built if isinstance(a, APGD)]
+    assert apgd and all(a.early_exit is (not stochastic) for a in apgd)
+
+
+def test_unknown_loss_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="unknown APGD loss"):
+        APGD(tiny_model, eps=0.1, loss="CE")

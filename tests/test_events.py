@@ -183,3 +183,11 @@ def test_denoise_defense_is_attacked_adaptively_and_by_transfer(synthetic_nmnist
         assert all(r["within_bound"] and r["in_range"] and r["l0_max"] <= 20 for r in res["results"])
     blur = CliRunner().invoke(main, base[:-3] + ["--defense", "blur"])
     assert blur.exit_code != 0 and "use denoise" in blur.output and "Traceback" not in blur.output
+
+
+def test_budget_and_knobs_are_checked_against_the_suite_that_runs(synthetic_nmnist, scnn_checkpoint):
+    image = CliRunner().invoke(main, ["attack", "--limit", "5", "--budget", "10"])  # an image model
+    assert image.exit_code != 0 and "this model takes images" in image.output and "Traceback" not in image.output
+    steps = CliRunner().invoke(main, ["attack", "--checkpoint", str(scnn_checkpoint), "--data-dir", str(synthetic_nmnist),
+                                      "--limit", "5", "--steps", "50"])  # the events suite has no steps
+    assert steps.exit_code != 0 and "--steps is used by none of the attacks" in steps.output

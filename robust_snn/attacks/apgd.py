@@ -47,7 +47,7 @@ def run_apgd(atk: torchattacks.attack.Attack, x: torch.Tensor, y: torch.Tensor, 
     steps_2, steps_min, size_decr = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
     view = [-1] + [1] * (x.dim() - 1)
 
-    t = 2 * torch.rand(x.shape, device=x.device) - 1
+    t = 2 * torch.rand(x.shape).to(x.device) - 1  # drawn on the CPU, as torchattacks: the same starts on every device
     x_adv = x + eps * t / t.reshape(n, -1).abs().max(dim=1)[0].reshape(view)
     # projected, unlike torchattacks: eps * t is float32, so a float64 start could leave the ball by one float32 ulp
     x_adv = torch.clamp(torch.min(torch.max(x_adv, x - eps), x + eps), 0.0, 1.0)
@@ -166,6 +166,8 @@ class APGD(torchattacks.APGD):
 
     def __init__(self, model: nn.Module, *, eps: float, steps: int = 100, seed: int = 0, loss: str = "ce",
                  rho: float = 0.75, early_exit: bool = True) -> None:
+        if loss not in ("ce", "dlr"):
+            raise ValueError(f"unknown APGD loss {loss!r}; choose ce or dlr")
         super().__init__(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, loss=loss, rho=rho)
         self.early_exit = bool(early_exit)
 

@@ -596,8 +596,10 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, x, y, clean_
         return x_adv, adv_logits
     target = GradGuard(model if spec.uses_own_eot else attacked).eval()
     atk = build_attack(spec, target, e, params, n_classes=n_classes, eot_samples=eot)
-    if getattr(judge, "model", model) is not model and hasattr(atk, "early_exit"):
-        atk.early_exit = False  # transfer: a first success on the source model transfers worse than the full run
+    if hasattr(atk, "early_exit") and (getattr(judge, "model", model) is not model or is_stochastic(model)):
+        # transfer: a first success on the source model transfers worse than the full run; a stochastic
+        # model (even with --eot-samples 1): one noisy misclassification is not final
+        atk.early_exit = False
     for c, (a, b) in progress_bar(chunks.mine(), enabled=progress, desc=f"{spec.name} eps={e:g}"):
         todo = a + torch.nonzero(ok[a:b]).squeeze(1)
         if len(todo) == 0:

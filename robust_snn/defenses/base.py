@@ -124,8 +124,9 @@ class Defended(nn.Module):
         super().__init__()
         events = bool(getattr(model, "events", False))
         for p in preprocessors:
-            if bool(getattr(p, "events", False)) != events:
-                raise RobustSNNError(f"defense {p.name!r} filters {'event tensors' if p.events else 'images'}, but this model takes "
+            p_events = bool(getattr(p, "events", False))
+            if p_events != events:
+                raise RobustSNNError(f"defense {p.name!r} filters {'event tensors' if p_events else 'images'}, but this model takes "
                                      f"{'event tensors (use denoise)' if events else 'images (use blur or quantize)'}")
         self.model = model
         self.preprocessors = nn.ModuleList(list(preprocessors))
