@@ -125,3 +125,22 @@ def test_evaluate_keeps_full_length_runs_for_stochastic_models_even_with_one_eot
 def test_unknown_loss_is_refused(tiny_model):
     with pytest.raises(ValueError, match="unknown APGD loss"):
         APGD(tiny_model, eps=0.1, loss="CE")
+
+
+def test_restarts_draw_new_random_starts(tiny_model, mnist_test, monkeypatch):
+    """torchattacks' APGD reseeds itself with ``self.seed`` on every call: each restart must get its own seed."""
+    x, y = mnist_test
+    seeds = []
+    real = APGD.perturb
+
+    def spy(self, *args, **kwargs):
+        seeds.append(self.seed)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(APGD, "perturb", spy)
+    from robust_snn.attacks import evaluate
+
+    evaluate(tiny_model, x[:16], y[:16], attacks=["apgd:seed=7"], eps=[0.02], steps=2, restarts=3,
+             checks=False)
+    assert len(seeds) >= 2  # at eps 0.02 the tiny model keeps most images after the first run
+    assert seeds == [7, 8, 9][:len(seeds)]  # one run per restart, each from a new seed

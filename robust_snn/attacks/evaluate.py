@@ -600,6 +600,7 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, x, y, clean_
         # transfer: a first success on the source model transfers worse than the full run; a stochastic
         # model (even with --eot-samples 1): one noisy misclassification is not final
         atk.early_exit = False
+    base_seed = getattr(atk, "seed", None)  # attacks that reseed themselves on every call (APGD, Square)
     for c, (a, b) in progress_bar(chunks.mine(), enabled=progress, desc=f"{spec.name} eps={e:g}"):
         todo = a + torch.nonzero(ok[a:b]).squeeze(1)
         if len(todo) == 0:
@@ -607,10 +608,12 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, x, y, clean_
         reseed(c)
         for g in grads:
             with use_surrogate(model, g):
-                for _ in range(restarts):
+                for r in range(restarts):
                     idx = todo[(adv_logits[todo].argmax(1) == y[todo])]
                     if len(idx) == 0:
                         break
+                    if isinstance(base_seed, int):  # otherwise every restart would repeat the same run
+                        atk.seed = base_seed + r
                     xb, yb = x[idx].to(device), y[idx].to(device)
                     adv = atk(xb, yb).detach()
                     model.eval()  # torchattacks restores the wrapper's mode; judge in eval mode
