@@ -18,6 +18,10 @@ import torch
 import torchattacks
 from torch import nn
 
+from ..threat import THREAT_MODELS
+
+_LINF = THREAT_MODELS["Linf"]
+
 Loss = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
 
@@ -48,9 +52,8 @@ def run_apgd(atk: torchattacks.attack.Attack, x: torch.Tensor, y: torch.Tensor, 
     view = [-1] + [1] * (x.dim() - 1)
 
     t = 2 * torch.rand(x.shape).to(x.device) - 1  # drawn on the CPU, as torchattacks: the same starts on every device
-    x_adv = x + eps * t / t.reshape(n, -1).abs().max(dim=1)[0].reshape(view)
     # projected, unlike torchattacks: eps * t is float32, so a float64 start could leave the ball by one float32 ulp
-    x_adv = torch.clamp(torch.min(torch.max(x_adv, x - eps), x + eps), 0.0, 1.0)
+    x_adv = _LINF.project(x + eps * t / t.reshape(n, -1).abs().max(dim=1)[0].reshape(view), x, eps)
 
     def grad_at(xa: torch.Tensor, ya: torch.Tensor, ta: Optional[torch.Tensor]):
         xa = xa.clone().requires_grad_()
@@ -104,8 +107,8 @@ def run_apgd(atk: torchattacks.attack.Attack, x: torch.Tensor, y: torch.Tensor, 
             x_adv_old = x_adv.clone()
             a = 0.75 if i > 0 else 1.0
             x_adv_1 = x_adv + step_size * torch.sign(grad)
-            x_adv_1 = torch.clamp(torch.min(torch.max(x_adv_1, xs - eps), xs + eps), 0.0, 1.0)
-            x_adv_1 = torch.clamp(torch.min(torch.max(x_adv + (x_adv_1 - x_adv) * a + grad2 * (1 - a), xs - eps), xs + eps), 0.0, 1.0)
+            x_adv_1 = _LINF.project(x_adv_1, xs, eps)
+            x_adv_1 = _LINF.project(x_adv + (x_adv_1 - x_adv) * a + grad2 * (1 - a), xs, eps)
         x_adv, logits, loss_indiv, grad = grad_at(x_adv_1, ys, ts)
 
         pred = logits.argmax(1) == ys
