@@ -98,7 +98,8 @@ def main(ctx: click.Context, verbose: int) -> None:
 
 
 @main.command()
-@click.option("--model", "arch", default="csnn", show_default=True, help="csnn, csnn-deep, fcsnn or scnn (the N-MNIST SpikingCNN).")
+@click.option("--model", "arch", default="csnn", show_default=True, help="csnn, csnn-deep, fcsnn, scnn (the N-MNIST seed's "
+              "SpikingCNN) or sresnet (its SpikingResNet: ALIF convolution, two residual LIF blocks, Synaptic layer, LIF output).")
 @click.option("--dataset", default="mnist", show_default=True, help="mnist, fashion-mnist, cifar10 or nmnist (event frames, "
               "tonic's layout under --data-dir; `robust-snn make-nmnist` writes a synthetic set).")
 @click.option("--epochs", type=int, default=5, show_default=True)
@@ -110,7 +111,8 @@ def main(ctx: click.Context, verbose: int) -> None:
 @click.option("--optimizer", default="adam", show_default=True, help="adam, adamw or sgd.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--scheduler", default="cosine", show_default=True, help="cosine, step or none.")
-@click.option("--loss", default="ce", show_default=True, help="ce (cross-entropy on spike counts) or mse (spike-count MSE).")
+@click.option("--loss", default="ce", show_default=True, help="ce (cross-entropy on spike counts; count: the same loss, the N-MNIST "
+              "seed's name) or mse (spike-count MSE).")
 @click.option("--neuron", default="lif", show_default=True, help="Spiking neuron: lif, alif (adaptive threshold) or synaptic "
               "(current-based); see `robust-snn info`.")
 @click.option("--beta", type=float, default=0.5, show_default=True, help="Membrane decay.")
@@ -121,6 +123,8 @@ def main(ctx: click.Context, verbose: int) -> None:
 @click.option("--reset", "reset_mechanism", default="subtract", show_default=True, help="subtract, zero or none.")
 @click.option("--surrogate", default="fast_sigmoid:slope=25", show_default=True, help="Training surrogate, e.g. atan:alpha=2.")
 @click.option("--dropout", type=float, default=None, help="Dropout before FC layers (default: csnn-deep 0.2, others 0).")
+@click.option("--test-only", is_flag=True, help="No training: evaluate the finished --out checkpoint on the test split "
+              "(--test-limit applies; the model comes from the checkpoint).")
 @click.option("--channels", default=None, help="Conv widths, e.g. 32,64 (default: architecture's).")
 @click.option("--hidden", default=None, help="Hidden FC widths, e.g. 512.")
 @click.option("--readout", default="count", show_default=True, help="count (output spike counts) or membrane.")
@@ -150,7 +154,7 @@ def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, o
           reset_mechanism: str, surrogate: str, dropout: Optional[float], channels: Optional[str], hidden: Optional[str],
           readout: str, seed: int, val_split: float, limit: Optional[int], test_limit: Optional[int], augment_shift: int, adv: str,
           adv_eps: float, adv_steps: int, adv_alpha: Optional[float], adv_warmup: int, trades_beta: float, noise_sigma: float,
-          lr_scaling: str, resume: bool, force: bool, quiet: bool, data_dir: Optional[str], device: str) -> None:
+          lr_scaling: str, resume: bool, force: bool, quiet: bool, data_dir: Optional[str], device: str, test_only: bool) -> None:
     """Train a spiking classifier and write a checkpoint with logs and curves.
 
     Runs data-parallel under torchrun: torchrun --nproc_per_node=N -m robust_snn train ...
@@ -170,6 +174,15 @@ def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, o
         augment_shift=augment_shift, adv=adv, adv_eps=adv_eps, adv_steps=adv_steps, adv_alpha=adv_alpha,
         adv_warmup=adv_warmup, trades_beta=trades_beta, noise_sigma=noise_sigma, lr_scaling=lr_scaling,
     )
+    if test_only:
+        from .training import evaluate_trained
+
+        if resume:
+            raise RobustSNNError("--test-only evaluates a finished checkpoint; leave out --resume")
+        settings.validate()
+        res = evaluate_trained(out, settings, data_dir=data_dir, device=device, progress=not quiet)
+        click.echo(f"{res['checkpoint']}: test accuracy {100 * res['test_accuracy']:.2f}% (n={res['test_n']}; data: {res['data']})")
+        return
     _, metrics = train_fn(model_config, settings, out=out, data_dir=data_dir, device=device, resume=resume, force=force,
                           command=_command_line(), progress=not quiet)  # joins the process group under torchrun
     is_main = distributed.info().is_main
@@ -179,6 +192,7 @@ def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, o
     click.echo(
         f"saved {metrics['checkpoint']}: test accuracy {100 * metrics['test_accuracy']:.2f}% "
         f"(n={metrics['test_n']}), {metrics['train_seconds']:.0f} s training"
+        + ("; data: " + metrics["test_data"] if "synthetic" in metrics.get("test_data", "") else "")
     )
 
 
@@ -201,7 +215,7 @@ def eval_cmd(checkpoint: Optional[str], dataset: Optional[str], split: str, limi
              device: str) -> None:
     """Clean accuracy, per-class accuracy and firing rate per layer."""
     from .checkpoint import load_model
-    from .data import load_split
+    from .data import data_source, load_split
     from .evaluation import evaluate_clean
 
     if samples is not None and samples < 1:
@@ -214,7 +228,7 @@ def eval_cmd(checkpoint: Optional[str], dataset: Optional[str], split: str, limi
     ds = dataset or model.config["dataset"]
     x, y = load_split(ds, split, data_dir=data_dir, limit=limit, num_steps=model.num_steps)
     res = evaluate_clean(model, x, y, batch_size=batch_size, samples=samples, progress=not as_json)
-    result = {"checkpoint": model.checkpoint_path, "dataset": ds, "split": split, **res}
+    result = {"checkpoint": model.checkpoint_path, "dataset": ds, "split": split, "data": data_source(ds, split, data_dir=data_dir), **res}
     if out:
         from .plotting import confusion_figure
         from .utils import save_figure_atomic, write_json_atomic
@@ -229,7 +243,7 @@ def eval_cmd(checkpoint: Optional[str], dataset: Optional[str], split: str, limi
         _echo_json(result)
         return
     click.echo(f"checkpoint: {result['checkpoint']}")
-    click.echo(f"{ds} {split}: n={res['n']}, T={res['num_steps']}, forward samples={res['samples']}")
+    click.echo(f"{ds} {split}: n={res['n']}, T={res['num_steps']}, forward samples={res['samples']}  (data: {result['data']})")
     click.echo(f"accuracy: {100 * res['accuracy']:.2f}%  ({res['img_per_s']:.0f} img/s)")
     click.echo("per-class accuracy: " + ", ".join(f"{k}: {100 * v:.1f}%" for k, v in res["per_class"].items() if v is not None))
     click.echo("mean firing rate (spikes/neuron/step): " + ", ".join(f"{k} {v:.3f}" for k, v in res["firing_rates"].items()))
@@ -266,8 +280,11 @@ DEFAULT_ATTACK_LIMIT = 1000
               "clean-correct input.")
 @click.option("--eps", default=None, help="L∞ budgets on the [0, 1] scale, comma-separated  [default: 0.1]")
 @click.option("--eps-l2", default=None, help="L2 radii for L2 attacks (pgdl2, cw, deepfool), comma-separated (default 1.5).")
-@click.option("--budget", default=None, help="L0 event budgets (flipped events) for event attacks on event models "
-              "(flip-greedy, flip-random), comma-separated  [default: 10]")
+@click.option("--budget", default=None, help="Event budgets (flipped events; with --threat add-only, added events) for event "
+              "attacks on event models (pga, pga-prob, flip-greedy, flip-random), comma-separated  [default: 10]")
+@click.option("--threat", type=click.Choice(["l0", "add-only"], case_sensitive=False), default=None,
+              help="Threat model of every event attack on an event model: l0 (events added or removed) or add-only (events "
+                   "injected, never erased)  [default: l0]")
 @click.option("--steps", type=int, default=None, help="Iterations of iterative attacks (default: per attack, see info).")
 @click.option("--queries", type=int, default=None, help="Queries of the Square attack (default 5000).")
 @click.option("--restarts", type=int, default=1, show_default=True, help="Runs per attack; later runs attack only still-robust inputs.")
@@ -295,7 +312,7 @@ DEFAULT_ATTACK_LIMIT = 1000
 @device_option
 @_user_errors
 def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Optional[str], eps: Optional[str], eps_l2: Optional[str],
-           budget: Optional[str], steps: Optional[int], queries: Optional[int], restarts: int, surrogate: Optional[str], eot_samples: Optional[int],
+           budget: Optional[str], threat: Optional[str], steps: Optional[int], queries: Optional[int], restarts: int, surrogate: Optional[str], eot_samples: Optional[int],
            samples: Optional[int], dataset: Optional[str], limit: Optional[str], num_steps: Optional[int], batch_size: int, seed: int,
            out: Optional[str], force: bool, as_json: bool, checks: bool, check_convergence: bool, defenses: tuple, detector: Optional[str],
            adaptive: bool, calibration_size: int, data_dir: Optional[str], device: str) -> None:
@@ -317,11 +334,12 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     from .attacks import evaluate
     from .attacks.checks import RobustnessWarning
     from .checkpoint import load_model
+    from .data import data_source
     from .reporting import format_table, json_ready, save_attack_outputs
     from .surrogates import parse_spec
 
     from .attacks import get_spec, get_suite
-    from .attacks.registry import parse_attack, split_attack_list
+    from .attacks.registry import event_attack_names, parse_attack, split_attack_list
     from .attacks.suite import DEFAULT_SUITE, EVENTS_SUITE, default_suite
 
     if attack_names is not None and suite is not None:
@@ -347,7 +365,7 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     eps_list = _number_list(eps if eps is not None else "0.1", "--eps")
     eps_l2_list = _number_list(eps_l2, "--eps-l2")
     if budget is not None and "L0" not in norms:
-        raise RobustSNNError("--budget sets L0 event budgets, but none of the attacks is an event attack (flip-greedy, flip-random)")
+        raise RobustSNNError(f"--budget sets event budgets, but none of the attacks is an event attack ({', '.join(event_attack_names())})")
     budget_list = _number_list(budget, "--budget")
     n_limit = _limit(limit, DEFAULT_ATTACK_LIMIT)
     if surrogate is not None and surrogate != "ensemble":
@@ -360,6 +378,9 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     dd = distributed.init(device)
     device = distributed.device_for(device)
     model = load_model(checkpoint, device=device, num_steps=num_steps)
+    if threat is not None and not getattr(model, "events", False):
+        raise RobustSNNError(f"--threat {threat} is the threat model of event attacks, but this model takes images: leave --threat "
+                             "out (image budgets are --eps for L∞ and --eps-l2 for L2)")
     if names is None and suite is None and suite_name != default_suite(model):
         if not getattr(model, "events", False):  # --budget alone picked the events suite
             raise RobustSNNError("this model takes images: --budget sets event budgets for event models; use --eps (or --eps-l2)")
@@ -377,13 +398,14 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
                           eps_l2=eps_l2_list, eps_l0=budget_list, steps=steps, queries=queries, restarts=restarts, surrogate=surrogate,
                           eot_samples=eot_samples, samples=samples, batch_size=batch_size, seed=seed, checks=checks,
                           progress=not as_json and dd.is_main, keep_examples=out is not None, source_model=source,
-                          convergence=check_convergence)
+                          convergence=check_convergence, threat=threat)
     distributed.shutdown()
     if not dd.is_main:
         return
     summary = json_ready(result, checkpoint=model.checkpoint_path, dataset=ds, split="test", num_steps=model.num_steps,
                          defense=getattr(target, "describe", lambda: "none")(), adaptive=adaptive, notes=notes,
                          command=_command_line())
+    summary["data"] = data_source(ds, "test", data_dir=data_dir)  # says so when the test data is synthetic N-MNIST
     if out:
         summary["files"] = save_attack_outputs(out, result, indices=torch.arange(len(x)), x=x, y=y, model=model, summary=summary)
     if as_json:
@@ -420,7 +442,7 @@ def _defended_setup(model: Any, ds: str, *, defenses: Sequence[str], detector: O
         if note:
             notes.append(note)
     else:
-        x, y = load_split(ds, "test", data_dir=data_dir, limit=limit)
+        x, y = load_split(ds, "test", data_dir=data_dir, limit=limit, num_steps=model.num_steps)
     defended = build_defended(model, list(defenses), detector, calibration=calib)
     return defended, (None if adaptive else model), x, y, notes
 
@@ -455,7 +477,7 @@ def certify(checkpoint: Optional[str], sigma: float, n: int, n0: int, alpha: flo
 
         claim_outputs(out, ["certify.json", "certify.csv", "certify.png"], force=force)
     model = load_model(checkpoint, device=device)
-    x, y = load_split(model.config["dataset"], "test", data_dir=data_dir, limit=limit)
+    x, y = load_split(model.config["dataset"], "test", data_dir=data_dir, limit=limit, num_steps=model.num_steps)
     idx = list(range(0, len(x), skip))
     res = certify_dataset(model, x[idx], y[idx], sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed,
                           indices=idx, progress=not as_json)
@@ -500,7 +522,7 @@ def certify(checkpoint: Optional[str], sigma: float, n: int, n0: int, alpha: flo
 @data_dir_option
 @_user_errors
 def sweep(spec: str, out: Optional[str], resume: bool, max_cells: Optional[int], quiet: bool, as_json: bool, data_dir: Optional[str]) -> None:
-    """Run an experiment spec (TOML): every model x defense x attack x eps x T cell, resumable.
+    """Run an experiment spec (TOML): every model x defense x attack x eps (event models: budget) x T cell, resumable.
 
     Shards each cell's test set under torchrun (torchrun --nproc_per_node=N -m robust_snn sweep ...).
     """
@@ -532,7 +554,7 @@ def sweep(spec: str, out: Optional[str], resume: bool, max_cells: Optional[int],
 @force_option
 @_user_errors
 def plot(results: str, out: Optional[str], force: bool) -> None:
-    """Plot accuracy vs eps (and vs T) from a sweep's results.csv or results.jsonl."""
+    """Plot accuracy vs eps (event models: vs budget; and vs T) from a sweep's results.csv or results.jsonl."""
     from .experiments.plots import PLOT_OUTPUTS, write_plots
     from .experiments.results import load_results
     from .utils import claim_outputs
@@ -548,11 +570,13 @@ def plot(results: str, out: Optional[str], force: bool) -> None:
 @checkpoint_option
 @click.option("--index", type=int, default=None, help="Test image index (default: 0, or the first of --digit).")
 @click.option("--digit", type=int, default=None, help="Use the first correctly classified test image of this class.")
-@click.option("--attack", "attack_name", default="pgd", show_default=True, help="Attack to visualize.")
-@click.option("--eps", type=float, default=0.1, show_default=True, help="L∞ budget (L2 radius for L2 attacks).")
+@click.option("--attack", "attack_name", default=None, help="Attack to visualize  [default: pgd; event models: flip-greedy]")
+@click.option("--eps", type=float, default=None, help="Image models: L∞ budget (L2 radius for L2 attacks)  [default: 0.1]")
+@click.option("--budget", type=int, default=None, help="Event models: L0 budget, the most flipped event entries  [default: 50]")
 @click.option("--steps", type=int, default=None, help="Attack iterations.")
 @click.option("--surrogate", default=None, help="Attack gradient (see attack --help).")
-@click.option("--timestep", type=int, default=None, help="Time step of the conv spike maps (default: T // 2).")
+@click.option("--timestep", type=int, default=None, help="Time step of the conv spike maps (default: T // 2; event models: the "
+              "time bin in which the attack changes the first conv layer most).")
 @click.option("--out", type=click.Path(file_okay=False), default="figures", show_default=True, help="Output folder.")
 @click.option("--format", "fmt", type=click.Choice(["png", "svg", "gif"]), default="png", show_default=True,
               help="png/svg: every figure in that format (plus the GIF animation); gif: only the animation.")
@@ -563,10 +587,15 @@ def plot(results: str, out: Optional[str], force: bool) -> None:
 @data_dir_option
 @device_option
 @_user_errors
-def visualize(checkpoint: Optional[str], index: Optional[int], digit: Optional[int], attack_name: str, eps: float, steps: Optional[int],
+def visualize(checkpoint: Optional[str], index: Optional[int], digit: Optional[int], attack_name: Optional[str], eps: Optional[float],
+              budget: Optional[int], steps: Optional[int],
               surrogate: Optional[str], timestep: Optional[int], out: str, fmt: str, tsne_samples: int, seed: int, force: bool,
               as_json: bool, data_dir: Optional[str], device: str) -> None:
-    """Clean vs adversarial spike trains of one test image, layer by layer, plus a t-SNE and a distance table."""
+    """Clean vs adversarial spike trains of one test input, layer by layer, plus a t-SNE and a distance table.
+
+    Event models (N-MNIST): an event attack within --budget flipped events; figure 1 shows the clean, adversarial
+    and added/removed events per time bin, and the GIF plays them bin by bin.
+    """
     from .checkpoint import load_model
     from .visualization import render_all
 
@@ -575,7 +604,7 @@ def visualize(checkpoint: Optional[str], index: Optional[int], digit: Optional[i
 
     claim_outputs(out, OUTPUT_PATTERNS, force=force)
     model = load_model(checkpoint, device=device)
-    summary = render_all(model, index=index, digit=digit, attack=attack_name, eps=eps, steps=steps, surrogate=surrogate,
+    summary = render_all(model, index=index, digit=digit, attack=attack_name, eps=eps, budget=budget, steps=steps, surrogate=surrogate,
                          timestep=timestep, out=out, fmt=fmt, tsne_samples=tsne_samples, seed=seed, data_dir=data_dir,
                          progress=not as_json)
     summary["command"] = _command_line()
@@ -584,8 +613,13 @@ def visualize(checkpoint: Optional[str], index: Optional[int], digit: Optional[i
         return
     from .visualization import format_distances
 
-    click.echo(f"test image {summary['index']} (label {summary['label']}): clean prediction {summary['clean_prediction']}, "
-               f"{summary['attack']} eps={summary['eps']:g} -> {summary['adversarial_prediction']}")
+    if summary["norm"] == "L0":
+        what = (f"test input {summary['index']}", f"budget {summary['budget']} (L0 {summary['l0']}: +{summary['events_added']} "
+                f"added, -{summary['events_removed']} removed)")
+    else:
+        what = (f"test image {summary['index']}", f"eps={summary['eps']:g}")
+    click.echo(f"{what[0]} (label {summary['label']}): clean prediction {summary['clean_prediction']}, "
+               f"{summary['attack']} {what[1]} -> {summary['adversarial_prediction']}")
     for note in summary["notes"]:
         click.echo(f"note: {note}", err=True)
     click.echo(format_distances(summary["layers"]))
@@ -624,7 +658,8 @@ def make_nmnist_cmd(out: str, split: str, limit: Optional[int], seed: int, noise
 
     Real N-MNIST-format .bin files in tonic's layout (read them with tonic); not the real recordings.
     """
-    from .events.synthetic import SensorModel, make_nmnist
+    from .events.synthetic import SensorModel
+    from .events.writer import make_nmnist
 
     if limit is not None and limit < 1:
         raise RobustSNNError(f"--limit must be >= 1, got {limit}")

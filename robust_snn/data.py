@@ -5,6 +5,12 @@ Lookup order for a split: the data directory (``--data-dir``, else the
 torchvision's layout (``MNIST/raw/...``); for the MNIST test split the copy
 bundled with the package (MNIST, LeCun, Cortes and Burges, CC BY-SA 3.0);
 finally torchvision's download, if allowed.
+
+N-MNIST (event frames ``[N, T, 2, 34, 34]``): tonic's layout under the data directory
+(``NMNIST/Train|Test/<digit>/*.bin``, real or written by ``robust-snn make-nmnist``); without
+test files there, the test split is **synthetic N-MNIST** simulated from the bundled MNIST test
+split (:func:`synthetic_event_frames`: deterministic, offline, cached under
+:func:`cache_dir`), and a warning says so.
 """
 from __future__ import annotations
 
@@ -24,6 +30,15 @@ log = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "data"
 ENV_VAR = "ROBUST_SNN_DATA"
+#: cache root for generated data (default ``$XDG_CACHE_HOME/robust-snn``, else ``~/.cache/robust-snn``)
+CACHE_ENV_VAR = "ROBUST_SNN_CACHE"
+#: simulator seed of the synthetic N-MNIST offline default (``make-nmnist --seed 0`` writes the same events)
+SYNTHETIC_SEED = 0
+
+
+def synthetic_note(split: str = "test") -> str:
+    """How results name the synthetic N-MNIST split (results JSON ``"data"``, logs)."""
+    return f"synthetic N-MNIST (generated from the MNIST {split} split; not the real recordings)"
 
 
 @dataclass(frozen=True)
@@ -129,7 +144,8 @@ def load_split(
     """Load one split as tensors.
 
     Args:
-        dataset: ``mnist``, ``fashion-mnist`` or ``cifar10``.
+        dataset: ``mnist``, ``fashion-mnist``, ``cifar10`` or ``nmnist`` (without N-MNIST test files under
+            the data directory, its test split is synthetic: :func:`synthetic_event_frames`).
         split: ``train`` or ``test``.
         data_dir: torchvision-layout root; default :func:`default_data_dir`.
         download: allow torchvision to download when nothing local is found.
@@ -147,6 +163,19 @@ def load_split(
         raise RobustSNNError(f"--limit must be >= 1 (a positive number; leave it out for the whole split), got {limit}")
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     if info.input == "events":
+        if split == "test" and not has_event_files(root, split):
+            if data_dir and not root.is_dir():
+                raise RobustSNNError(f"--data-dir {root} does not exist (leave --data-dir out to use the synthetic N-MNIST test split)")
+            from .events.synthetic import SYNTHETIC_MARKER
+
+            nm = root / "NMNIST"
+            if nm.is_dir() and not (nm / SYNTHETIC_MARKER).exists():
+                # real N-MNIST without its test split: never test a model of real data on synthetic digits
+                raise RobustSNNError(f"{root / 'NMNIST'} has no Test files (tonic's layout NMNIST/Test/<digit>/*.bin); complete "
+                                     "it with tonic.datasets.NMNIST(save_to=DIR, train=False), or point --data-dir elsewhere "
+                                     "(a folder without NMNIST/, or one make-nmnist wrote, gives the synthetic test split)")
+            log.warning("no N-MNIST test files under %s: using %s", root / "NMNIST", synthetic_note("test"))
+            return synthetic_event_frames("test", num_steps=num_steps or 8, limit=limit)
         return load_event_frames(root, split, num_steps=num_steps or 8, limit=limit)
     found = None
     if info.folder in ("MNIST", "FashionMNIST"):
@@ -162,6 +191,117 @@ def load_split(
     return x, y
 
 
+def _event_folder(root: Path, split: str) -> Path:
+    return Path(root) / "NMNIST" / ("Train" if split == "train" else "Test")
+
+
+def has_event_files(root: str | os.PathLike, split: str) -> bool:
+    """True if ``root`` holds N-MNIST ``split`` files in tonic's layout (``NMNIST/Train|Test/<digit>/*.bin``)."""
+    folder = _event_folder(Path(root), split)
+    return any(next((folder / str(d)).glob("*.bin"), None) is not None for d in range(10))
+
+
+def data_source(dataset: str, split: str = "test", *, data_dir: Optional[str | os.PathLike] = None) -> str:
+    """One line naming what :func:`load_split` reads for ``(dataset, split, data_dir)`` (for logs and results JSON)."""
+    info = dataset_info(dataset)
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    if info.input == "events":
+        if has_event_files(root, split):
+            return f"N-MNIST {split} files under {_event_folder(root, split)} (tonic's layout)"
+        return synthetic_note(split) if split == "test" else f"no N-MNIST {split} files under {_event_folder(root, split)}"
+    if info.folder in ("MNIST", "FashionMNIST") and _find_idx(root / info.folder / "raw", _IDX_FILES[split][0]):
+        return f"{info.folder} {split} split under {root / info.folder / 'raw'}"
+    if dataset == "mnist" and split == "test":
+        return "MNIST test split bundled with robust-snn"
+    return f"{info.folder} {split} split (torchvision, under {root})"
+
+
+def cache_dir() -> Path:
+    """``$ROBUST_SNN_CACHE`` if set, else ``$XDG_CACHE_HOME/robust-snn``, else ``~/.cache/robust-snn``."""
+    env = os.environ.get(CACHE_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "robust-snn"
+
+
+def _simulator_key() -> str:
+    """Changes whenever the simulator, its defaults or tonic's binning could change the frames."""
+    import hashlib
+
+    import tonic
+
+    from .events import synthetic
+
+    h = hashlib.sha1(Path(synthetic.__file__).read_bytes())
+    h.update(f"{tonic.__version__} {synthetic.SensorModel()!r}".encode())
+    return h.hexdigest()[:12]
+
+
+def synthetic_event_frames(split: str = "test", *, num_steps: int = 8, limit: Optional[int] = None, seed: int = SYNTHETIC_SEED,
+                           data_dir: Optional[str | os.PathLike] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic N-MNIST frames ``[N, T, 2, 34, 34]`` simulated from the MNIST ``split``, in MNIST order.
+
+    Sample ``i`` is MNIST image ``i`` through the event-camera simulator
+    (:mod:`robust_snn.events.synthetic`, seed :func:`~robust_snn.events.synthetic.digit_seed`),
+    binned as :func:`load_event_frames` bins files: exactly the frames of the file
+    ``make-nmnist --seed SEED`` writes for that image; labels are the MNIST labels. Only the
+    first ``limit`` samples are simulated (about 10 ms each on one core). They are cached as
+    packed bits under ``cache_dir()/nmnist-synthetic`` (written atomically; a later, longer
+    request simulates only the missing samples); an unwritable cache just means no cache. The
+    test split comes from the bundled MNIST copy when ``data_dir`` has none: no network.
+    """
+    from .events.synthetic import digit_seed, simulate, to_frames
+
+    images, labels = load_split("mnist", split, data_dir=data_dir, download=False)
+    n = len(labels) if limit is None else min(int(limit), len(labels))
+    T = int(num_steps)
+    shape = (T, 2, 34, 34)
+    path = cache_dir() / "nmnist-synthetic" / f"{split}-T{T}-seed{seed}-{_simulator_key()}.npz"
+    packed = _read_frame_cache(path, labels, shape)
+    have = len(packed)
+    if have < n:
+        log.info("simulating synthetic N-MNIST %s samples %d to %d (T=%d)", split, have, n - 1, T)
+        new = [np.packbits(to_frames(simulate(images[i, 0].numpy(), seed=digit_seed(seed, i)), T).reshape(-1))
+               for i in range(have, n)]
+        packed = np.concatenate([packed, np.stack(new)]) if have else np.stack(new)
+        _write_frame_cache(path, packed, labels[: len(packed)].numpy())
+    bits = np.unpackbits(packed[:n], axis=1, count=int(np.prod(shape)))
+    x = torch.from_numpy(bits.reshape(n, *shape)).float()
+    return x, labels[:n].clone()
+
+
+def _read_frame_cache(path: Path, labels: torch.Tensor, shape: Tuple[int, ...]) -> np.ndarray:
+    """Cached packed frames ``[n, bytes]`` (``n = 0`` when there is no usable cache)."""
+    nbytes = (int(np.prod(shape)) + 7) // 8
+    empty = np.zeros((0, nbytes), dtype=np.uint8)
+    if not path.is_file():
+        return empty
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            packed, cached_labels = z["frames"], z["labels"]
+    except Exception as e:  # a damaged cache is only a cache: simulate again
+        log.warning("ignoring the damaged synthetic N-MNIST cache %s (%s: %s)", path, type(e).__name__, e)
+        return empty
+    n = len(packed)
+    if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != nbytes or n > len(labels) or \
+            not np.array_equal(cached_labels, labels[:n].numpy()):
+        log.warning("ignoring the synthetic N-MNIST cache %s: it does not match this split", path)
+        return empty
+    return packed
+
+
+def _write_frame_cache(path: Path, packed: np.ndarray, labels: np.ndarray) -> None:
+    from .utils import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, frames=packed, labels=labels)
+    except OSError as e:
+        log.info("not caching synthetic N-MNIST at %s (%s); set %s to a writable folder", path, e, CACHE_ENV_VAR)
+
+
 def load_event_frames(root: Path, split: str, *, num_steps: int, limit: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """N-MNIST files under ``root/NMNIST/<Train|Test>/<digit>/*.bin`` as binary frames ``[N, T, 2, 34, 34]``.
 
@@ -173,7 +313,9 @@ def load_event_frames(root: Path, split: str, *, num_steps: int, limit: Optional
     """
     import tonic
 
-    folder = root / "NMNIST" / ("Train" if split == "train" else "Test")
+    from .events.synthetic import EVENT_DTYPE, to_frames
+
+    folder = _event_folder(root, split)
     per_digit = [sorted((folder / str(d)).glob("*.bin")) for d in range(10)]
     if not any(per_digit):
         raise RobustSNNError(f"no N-MNIST {split} files under {folder}; get the real ones with tonic "
@@ -183,13 +325,9 @@ def load_event_frames(root: Path, split: str, *, num_steps: int, limit: Optional
              for f in [files[k]]]
     if limit is not None:
         order = order[:limit]
-    dtype = np.dtype([("x", int), ("y", int), ("t", int), ("p", int)])
-    to_frame = tonic.transforms.ToFrame(sensor_size=(34, 34, 2), n_time_bins=int(num_steps))
     x = torch.zeros((len(order), int(num_steps), 2, 34, 34), dtype=torch.float32)
     for i, (_, f) in enumerate(order):
-        ev = tonic.io.read_mnist_file(str(f), dtype=dtype)
-        if len(ev):
-            x[i] = torch.from_numpy(to_frame(ev) > 0)
+        x[i] = torch.from_numpy(to_frames(tonic.io.read_mnist_file(str(f), dtype=EVENT_DTYPE), int(num_steps)))
     y = torch.tensor([d for d, _ in order], dtype=torch.long)
     return x, y
 

@@ -28,8 +28,12 @@ def gather_info() -> Dict[str, Any]:
     try:
         from .attacks.registry import ATTACKS
 
+        from .attacks.evaluate import EVENT_THREATS
+
         data["attacks"] = {
-            name: {"norm": spec.norm, "description": spec.description, "defaults": dict(spec.defaults)}
+            name: {"norm": spec.norm, "description": spec.description, "defaults": dict(spec.defaults),
+                   # event attacks run under either event threat model (attack --threat)
+                   "threat_models": list(EVENT_THREATS) if spec.norm == "L0" else [spec.norm]}
             for name, spec in ATTACKS.items()
         }
     except ImportError:  # pragma: no cover - attacks subpackage always ships

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from .errors import RobustSNNError
 from .neurons import NEURONS, RESET_MECHANISMS, SpikingNeuron, make_neuron
 from .surrogates import canonical
 
-ARCHITECTURES = ("csnn", "csnn-deep", "fcsnn", "scnn")
+ARCHITECTURES = ("csnn", "csnn-deep", "fcsnn", "scnn", "sresnet")
 READOUTS = ("count", "membrane")
 INPUT_KINDS = ("image", "events")
 
@@ -68,13 +68,19 @@ def check_num_steps(num_steps: Any, *, option: str = "num_steps (--num-steps)") 
     return t
 
 
+#: per architecture: default widths and dropout; ``n_channels``/``n_hidden``: how many widths it takes (``None``: any)
 ARCH_DEFAULTS = {
-    "csnn": {"channels": [32, 64], "hidden": [512], "dropout": 0.0},
+    "csnn": {"channels": [32, 64], "hidden": [512], "dropout": 0.0, "n_channels": 2, "n_hidden": None},
     # the N-MNIST seed's SpikingCNN: three conv + max-pool blocks with LIF neurons, an FC LIF layer, an LIF output layer
-    "scnn": {"channels": [16, 32, 64], "hidden": [128], "dropout": 0.0},
-    "csnn-deep": {"channels": [32, 64, 64, 128], "hidden": [256], "dropout": 0.2},
-    "fcsnn": {"channels": [], "hidden": [512, 256], "dropout": 0.0},
+    "scnn": {"channels": [16, 32, 64], "hidden": [128], "dropout": 0.0, "n_channels": 3, "n_hidden": None},
+    "csnn-deep": {"channels": [32, 64, 64, 128], "hidden": [256], "dropout": 0.2, "n_channels": 4, "n_hidden": None},
+    "fcsnn": {"channels": [], "hidden": [512, 256], "dropout": 0.0, "n_channels": None, "n_hidden": None},
+    # the N-MNIST seed's SpikingResNet: an ALIF convolution, two residual blocks of LIF neurons, a Synaptic FC layer,
+    # an LIF output layer; widths: stem, block 1, block 2; hidden: the Synaptic layer
+    "sresnet": {"channels": [16, 32, 64], "hidden": [128], "dropout": 0.0, "n_channels": 3, "n_hidden": 1},
 }
+#: architectures whose spiking layers are fixed by the design (config ``neuron`` must stay ``lif``, their LIF layers)
+FIXED_NEURONS = {"sresnet": "ALIF stem, LIF residual blocks and output, a Synaptic hidden layer"}
 
 
 def full_config(**overrides: Any) -> Dict[str, Any]:
@@ -99,12 +105,16 @@ def full_config(**overrides: Any) -> Dict[str, Any]:
     cfg["dropout"] = float(cfg["dropout"])
     if cfg["reset_mechanism"] not in RESET_MECHANISMS:
         raise RobustSNNError(f"unknown reset mechanism {cfg['reset_mechanism']!r}; choose one of: {', '.join(RESET_MECHANISMS)}")
-    if cfg["arch"] == "csnn" and len(cfg["channels"]) != 2:
-        raise RobustSNNError("csnn takes exactly 2 channel widths, e.g. --channels 32,64")
-    if cfg["arch"] == "scnn" and len(cfg["channels"]) != 3:
-        raise RobustSNNError("scnn takes exactly 3 channel widths, e.g. --channels 16,32,64")
-    if cfg["arch"] == "csnn-deep" and len(cfg["channels"]) != 4:
-        raise RobustSNNError("csnn-deep takes exactly 4 channel widths, e.g. --channels 32,64,64,128")
+    arch = ARCH_DEFAULTS[cfg["arch"]]
+    if arch["n_channels"] is not None and len(cfg["channels"]) != arch["n_channels"]:
+        raise RobustSNNError(f"{cfg['arch']} takes exactly {arch['n_channels']} channel widths, "
+                             f"e.g. --channels {','.join(map(str, arch['channels']))}")
+    if arch["n_hidden"] is not None and len(cfg["hidden"]) != arch["n_hidden"]:
+        raise RobustSNNError(f"{cfg['arch']} takes exactly {arch['n_hidden']} hidden width(s), "
+                             f"e.g. --hidden {','.join(map(str, arch['hidden']))}")
+    if cfg["arch"] in FIXED_NEURONS and cfg["neuron"] != "lif":
+        raise RobustSNNError(f"{cfg['arch']} fixes its neurons ({FIXED_NEURONS[cfg['arch']]}); leave --neuron at lif "
+                             f"(--beta, --threshold, --alpha and --adapt still apply)")
     if cfg["readout"] not in READOUTS:
         raise RobustSNNError(f"unknown readout {cfg['readout']!r}; choose one of: {', '.join(READOUTS)}")
     if not 0.0 <= float(cfg["beta"]) <= 1.0:
@@ -154,12 +164,23 @@ class Recording:
 
 
 class Stage(nn.Module):
-    """Stateless layers followed by one spiking layer (named ``lif`` for every neuron type: checkpoint keys)."""
+    """Stateless layers followed by one spiking layer (named ``lif`` for every neuron type: checkpoint keys).
 
-    def __init__(self, layers: Sequence[nn.Module], lif: SpikingNeuron) -> None:
+    A residual stage also has a ``shortcut`` (stateless layers) and ``skip``, the index of the
+    stage whose *input* spikes feed it: its input current is
+    ``layers(previous spikes) + shortcut(spikes entering stage skip)``, added before its
+    spiking layer. Plain stages have ``shortcut = skip = None``.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], lif: SpikingNeuron, *, shortcut: Optional[Sequence[nn.Module]] = None,
+                 skip: Optional[int] = None) -> None:
         super().__init__()
         self.layers = nn.Sequential(*layers)
         self.lif = lif
+        if (shortcut is None) != (skip is None):
+            raise ValueError("a residual stage needs both a shortcut and the index of the stage it skips from")
+        self.shortcut = None if shortcut is None else nn.Sequential(*shortcut)
+        self.skip = skip
 
 
 class SpikingClassifier(nn.Module):
@@ -168,7 +189,9 @@ class SpikingClassifier(nn.Module):
     ``forward(x)`` takes images in [0, 1] and returns logits; every call
     starts from reset state. Simulation is layer by layer: stateless layers
     run once on ``[T*B, ...]``, only the LIF recurrence loops over time; with
-    a static (direct) encoder the first stateless block runs once.
+    a static (direct) encoder the first stateless block runs once. A residual
+    stage (:class:`Stage` with a ``shortcut``, ``sresnet``) adds its shortcut's
+    current to its layers' output before its spiking layer.
 
     Args:
         config: a model config (see :func:`full_config`).
@@ -191,8 +214,13 @@ class SpikingClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(cfg["std"], dtype=torch.float32).view(1, -1, 1, 1))
         if self.mean.numel() not in (1, c) or self.std.numel() not in (1, c):
             raise RobustSNNError("mean/std must have 1 or in_channels entries")
-        self.stages = nn.ModuleList(_build_stages(cfg))
-        self.stage_names = [name for name, _ in _stage_plan(cfg)]
+        plan = _stage_plan(cfg)
+        self.stages = nn.ModuleList(_build_stages(cfg, plan))
+        self.stage_names = [st.name for st in plan]
+        #: stages whose input spikes a later stage's shortcut adds (kept only until that stage runs)
+        self._skip_sources = {st.skip for st in plan if st.skip is not None}
+        if not all(0 < j < k for k, st in enumerate(plan) for j in [st.skip] if j is not None):
+            raise ValueError("a shortcut must start at an earlier stage other than the first (whose input is the image)")
         self._has_conv = any(isinstance(m, nn.Conv2d) for m in self.modules())
         #: refuse images outside [0, 1] or non-finite (see :meth:`_check_input`, :func:`unchecked_inputs`)
         self.check_inputs = True
@@ -224,10 +252,10 @@ class SpikingClassifier(nn.Module):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _stateless(self, stage: Stage, h: torch.Tensor) -> torch.Tensor:
-        """A stage's stateless layers; convolution outputs go channels-last (when enabled)."""
+    def _stateless(self, layers: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+        """Stateless layers (a stage's, or its shortcut) on ``[T*B, ...]``; convolution outputs go channels-last (when enabled)."""
         h = self._layout(h)
-        for layer in stage.layers:
+        for layer in layers:
             h = layer(h)
             if isinstance(layer, nn.Conv2d):
                 h = self._layout(h)
@@ -320,17 +348,23 @@ class SpikingClassifier(nn.Module):
         try:
             first = self.stages[0]
             if self.encoder.static and not self.events:
-                cur = self._stateless(first, x)  # computed once, broadcast over time
+                cur = self._stateless(first.layers, x)  # computed once, broadcast over time
                 spk_seq = first.lif.forward_static(cur, T)
                 input_seq = x.unsqueeze(0).expand(T, *x.shape)
             else:  # a sequence: ready event tensors, or the encoder's spikes
                 input_seq = x_seq if self.events else self.encoder(x, T)
-                cur = self._stateless(first, input_seq.reshape(T * B, *input_seq.shape[2:]))
+                cur = self._stateless(first.layers, input_seq.reshape(T * B, *input_seq.shape[2:]))
                 spk_seq = first.lif(cur.view(T, B, *cur.shape[1:]))
             spikes.append(spk_seq)
             mems.append(first.lif.last_mem)
-            for stage in self.stages[1:]:
-                cur = self._stateless(stage, spk_seq.reshape(T * B, *spk_seq.shape[2:]))
+            inputs: Dict[int, torch.Tensor] = {}  # [T*B, ...] spikes entering the stages a shortcut starts from
+            for k, stage in enumerate(self.stages[1:], start=1):
+                h = spk_seq.reshape(T * B, *spk_seq.shape[2:])
+                if k in self._skip_sources:
+                    inputs[k] = h
+                cur = self._stateless(stage.layers, h)
+                if stage.shortcut is not None:  # residual: add the block input's current before the spiking layer
+                    cur = cur + self._stateless(stage.shortcut, inputs.pop(stage.skip))
                 spk_seq = stage.lif(cur.view(T, B, *cur.shape[1:]))
                 spikes.append(spk_seq)
                 mems.append(stage.lif.last_mem)
@@ -379,67 +413,119 @@ def unchecked_inputs(*models: nn.Module) -> Iterator[None]:
             m.check_inputs = o
 
 
-def _stage_plan(cfg: Dict[str, Any]) -> List[Tuple[str, List[nn.Module]]]:
-    """(name, stateless layers) per stage; each stage ends in a spiking layer."""
-    c_in = cfg["in_channels"]
-    h, w = cfg["image_size"]
-    k = cfg["num_classes"]
+class PlannedStage(NamedTuple):
+    """One stage of an architecture: stateless layers, then a spiking layer.
+
+    Attributes:
+        name: layer name (recordings, firing rates).
+        layers: stateless layers, run on ``[T*B, ...]``.
+        neuron: neuron type of its spiking layer (``None``: the config's ``neuron``).
+        skip: residual stages: index of the stage whose input spikes feed ``shortcut``.
+        shortcut: residual stages: stateless layers on those spikes, added to ``layers``' output.
+    """
+
+    name: str
+    layers: List[nn.Module]
+    neuron: Optional[str] = None
+    skip: Optional[int] = None
+    shortcut: Optional[List[nn.Module]] = None
+
+
+#: a trunk builder: (config, in_channels, height, width) -> (stages, flattened feature size)
+Trunk = Callable[[Dict[str, Any], int, int, int], Tuple[List[PlannedStage], int]]
+
+
+def _csnn_trunk(cfg: Dict[str, Any], c_in: int, h: int, w: int) -> Tuple[List[PlannedStage], int]:
+    c1, c2 = cfg["channels"]
+    return [PlannedStage("conv1", [nn.Conv2d(c_in, c1, 3, padding=1), nn.MaxPool2d(2)]),
+            PlannedStage("conv2", [nn.Conv2d(c1, c2, 3, padding=1), nn.MaxPool2d(2)])], c2 * (h // 4) * (w // 4)
+
+
+def _scnn_trunk(cfg: Dict[str, Any], c_in: int, h: int, w: int) -> Tuple[List[PlannedStage], int]:
+    plan, prev = [], c_in
+    for i, ch in enumerate(cfg["channels"], start=1):
+        plan.append(PlannedStage(f"conv{i}", [nn.Conv2d(prev, ch, 3, padding=1), nn.MaxPool2d(2)]))
+        prev, h, w = ch, h // 2, w // 2
+    return plan, prev * h * w
+
+
+def _csnn_deep_trunk(cfg: Dict[str, Any], c_in: int, h: int, w: int) -> Tuple[List[PlannedStage], int]:
     p = float(cfg["dropout"])
-    plan: List[Tuple[str, List[nn.Module]]] = []
+    plan, prev = [], c_in
+    for i, (ch, s) in enumerate(zip(cfg["channels"], [1, 2, 1, 2]), start=1):
+        block: List[nn.Module] = [nn.Conv2d(prev, ch, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(ch)]
+        plan.append(PlannedStage(f"conv{i}", block + ([nn.Dropout2d(p)] if p > 0 and s == 2 else [])))
+        prev = ch
+        h, w = (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
+    return plan, prev * h * w
 
-    def drop() -> List[nn.Module]:
-        return [nn.Dropout(p)] if p > 0 else []
 
-    if cfg["arch"] == "csnn":
-        c1, c2 = cfg["channels"]
-        plan.append(("conv1", [nn.Conv2d(c_in, c1, 3, padding=1), nn.MaxPool2d(2)]))
-        plan.append(("conv2", [nn.Conv2d(c1, c2, 3, padding=1), nn.MaxPool2d(2)]))
-        feat = c2 * (h // 4) * (w // 4)
-    elif cfg["arch"] == "scnn":
-        prev = c_in
-        for i, ch in enumerate(cfg["channels"], start=1):
-            plan.append((f"conv{i}", [nn.Conv2d(prev, ch, 3, padding=1), nn.MaxPool2d(2)]))
-            prev, h, w = ch, h // 2, w // 2
-        feat = prev * h * w
-    elif cfg["arch"] == "csnn-deep":
-        chans = cfg["channels"]
-        strides = [1, 2, 1, 2]
-        prev = c_in
-        for i, (ch, s) in enumerate(zip(chans, strides), start=1):
-            block: List[nn.Module] = [nn.Conv2d(prev, ch, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(ch)]
-            plan.append((f"conv{i}", block + ([nn.Dropout2d(p)] if p > 0 and s == 2 else [])))
-            prev = ch
-            h, w = (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
-        feat = prev * h * w
-    else:  # fcsnn
-        feat = c_in * h * w
-    prev = feat
+def _fcsnn_trunk(cfg: Dict[str, Any], c_in: int, h: int, w: int) -> Tuple[List[PlannedStage], int]:
+    return [], c_in * h * w
+
+
+def _sresnet_trunk(cfg: Dict[str, Any], c_in: int, h: int, w: int) -> Tuple[List[PlannedStage], int]:
+    """The N-MNIST seed's SpikingResNet trunk: an ALIF convolution, then two residual blocks of LIF neurons.
+
+    - ``conv1``: 3×3 convolution, batch norm, 2×2 max pooling, **ALIF** neurons (adaptive threshold);
+    - ``blockN.conv1``: 3×3 convolution with stride 2, batch norm, LIF neurons;
+    - ``blockN.conv2``: 3×3 convolution, batch norm, **plus the shortcut** (1×1 convolution with
+      stride 2 and batch norm on the spikes entering the block), LIF neurons.
+
+    The skip connection adds **currents**: the shortcut's output is added to the second
+    convolution's output before the block's second LIF layer, as in the usual snnTorch residual
+    block (``out = bn2(conv2(spk1)) + shortcut(x); spk2 = lif2(out)``) and Hu et al.'s Spiking
+    ResNet (https://arxiv.org/abs/1805.01352); SEW-ResNet (Fang et al. 2021) adds spikes after the
+    neuron instead. The seed's README names the layers but not where the sum happens; its code
+    is not available here. 34×34 events: 17×17 after ``conv1``, 9×9 after block 1, 5×5 after block 2.
+    """
+    c1, c2, c3 = cfg["channels"]
+    plan = [PlannedStage("conv1", [nn.Conv2d(c_in, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), nn.MaxPool2d(2)],
+                         neuron="alif")]
+    h, w, prev = h // 2, w // 2, c1
+    for b, ch in enumerate((c2, c3), start=1):
+        first = len(plan)  # the block's input spikes enter this stage
+        plan.append(PlannedStage(f"block{b}.conv1", [nn.Conv2d(prev, ch, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(ch)],
+                                 neuron="lif"))
+        plan.append(PlannedStage(f"block{b}.conv2", [nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch)],
+                                 neuron="lif", skip=first,
+                                 shortcut=[nn.Conv2d(prev, ch, 1, stride=2, bias=False), nn.BatchNorm2d(ch)]))
+        prev, h, w = ch, (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    return plan, prev * h * w
+
+
+#: the zoo as data: architecture -> (trunk builder, neuron type of the hidden FC layers (``None``: the config's))
+ARCH_PLANS: Dict[str, Tuple[Trunk, Optional[str]]] = {
+    "csnn": (_csnn_trunk, None),
+    "csnn-deep": (_csnn_deep_trunk, None),
+    "fcsnn": (_fcsnn_trunk, None),
+    "scnn": (_scnn_trunk, None),
+    "sresnet": (_sresnet_trunk, "synaptic"),  # the seed's Synaptic layer
+}
+
+
+def _stage_plan(cfg: Dict[str, Any]) -> List[PlannedStage]:
+    """The stages of ``cfg``'s architecture: its trunk, the hidden FC layers, the output layer."""
+    h, w = cfg["image_size"]
+    p = float(cfg["dropout"])
+    trunk, hidden_neuron = ARCH_PLANS[cfg["arch"]]
+    plan, prev = trunk(cfg, cfg["in_channels"], h, w)
+    drop: List[nn.Module] = [nn.Dropout(p)] if p > 0 else []
     for i, width in enumerate(cfg["hidden"], start=1):
         pre: List[nn.Module] = [nn.Flatten()] if i == 1 else []
-        plan.append((f"fc{i}", pre + ([nn.Dropout(p)] if p > 0 else []) + [nn.Linear(prev, width)]))
+        plan.append(PlannedStage(f"fc{i}", pre + ([nn.Dropout(p)] if p > 0 else []) + [nn.Linear(prev, width)], neuron=hidden_neuron))
         prev = width
-    plan.append(("output", drop() + [nn.Linear(prev, k)]))
+    plan.append(PlannedStage("output", drop + [nn.Linear(prev, cfg["num_classes"])],
+                             neuron="lif" if cfg["arch"] in FIXED_NEURONS else None))
     return plan
 
 
-def _build_stages(cfg: Dict[str, Any]) -> List[Stage]:
-    return [
-        Stage(
-            layers,
-            make_neuron(
-                cfg["neuron"],
-                beta=float(cfg["beta"]),
-                threshold=float(cfg["threshold"]),
-                surrogate=cfg["surrogate"],
-                reset_mechanism=cfg["reset_mechanism"],
-                alpha=float(cfg["alpha"]),
-                adapt=float(cfg["adapt"]),
-            ),
-        )
-        for _, layers in _stage_plan(cfg)
-    ]
+def _build_stages(cfg: Dict[str, Any], plan: List[PlannedStage]) -> List[Stage]:
+    params = dict(beta=float(cfg["beta"]), threshold=float(cfg["threshold"]), surrogate=cfg["surrogate"],
+                  reset_mechanism=cfg["reset_mechanism"], alpha=float(cfg["alpha"]), adapt=float(cfg["adapt"]))
+    return [Stage(st.layers, make_neuron(st.neuron or cfg["neuron"], **params), shortcut=st.shortcut, skip=st.skip) for st in plan]
 
 
 def build_model(arch: str = "csnn", **config: Any) -> SpikingClassifier:
-    """Build a fresh model of the zoo by name (``csnn``, ``csnn-deep``, ``fcsnn``)."""
+    """Build a fresh model of the zoo by name (one of :data:`ARCHITECTURES`)."""
     return SpikingClassifier(full_config(arch=arch, **config))

@@ -1,4 +1,4 @@
-"""Figures for training and evaluation (matplotlib, headless backend)."""
+"""Figures for training and evaluation (matplotlib, headless backend), and the colours of event frames."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, Sequence
@@ -87,3 +87,70 @@ def roc_figure(scores: Dict[str, tuple], *, title: str = "detector") -> Figure:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# --- event frames ------------------------------------------------------------------------------------------
+# Okabe-Ito colours (distinguishable with the common colour-vision deficiencies). Event frames are
+# ``[P, H, W]`` per time bin with tonic's channel order: channel 1 holds ON events (polarity 1), channel 0 OFF.
+
+#: colour of each kind of pixel in the event panels (RGB hex)
+EVENT_COLORS: Dict[str, str] = {
+    "ON": "#D55E00",          # vermillion: an ON event only
+    "OFF": "#0072B2",         # blue: an OFF event only
+    "ON+OFF": "#CC79A7",      # reddish purple: both polarities in the same bin
+    "added": "#009E73",       # bluish green: an event the attack added (adv > clean)
+    "removed": "#E69F00",     # orange: an event the attack removed (adv < clean)
+    "added+removed": "#000000",  # black: one polarity added, the other removed at the same pixel
+    "unchanged": "#BBBBBB",   # light grey: an event in both
+}
+
+
+def _rgb(name: str) -> np.ndarray:
+    from matplotlib.colors import to_rgb
+
+    return np.asarray(to_rgb(EVENT_COLORS[name]))
+
+
+def event_frame_rgb(frame: np.ndarray) -> np.ndarray:
+    """One time bin ``[P, H, W]`` (event counts; > 0 is an event) -> an RGB image ``[H, W, 3]`` on white.
+
+    Two polarities: ON (channel 1) vermillion, OFF (channel 0) blue, both purple. Any other number of
+    channels: black wherever a channel has an event.
+    """
+    f = np.asarray(frame) > 0
+    out = np.ones((*f.shape[1:], 3))
+    if f.shape[0] == 2:
+        off, on = f[0], f[1]
+        out[on & ~off] = _rgb("ON")
+        out[off & ~on] = _rgb("OFF")
+        out[on & off] = _rgb("ON+OFF")
+    else:
+        out[f.any(0)] = 0.0
+    return out
+
+
+def event_change_rgb(added: np.ndarray, removed: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """The difference panel of one time bin: masks ``[P, H, W]`` -> RGB ``[H, W, 3]`` on white.
+
+    A pixel is green where some polarity gained an event (``added``) and none lost one, orange where
+    some lost one (``removed``) and none gained one, black where both happened, light grey where the
+    clean frame has an event the attack left alone, white elsewhere.
+    """
+    a, r = np.asarray(added).any(0), np.asarray(removed).any(0)
+    out = np.ones((*a.shape, 3))
+    out[(np.asarray(clean) > 0).any(0)] = _rgb("unchanged")
+    out[a & ~r] = _rgb("added")
+    out[r & ~a] = _rgb("removed")
+    out[a & r] = _rgb("added+removed")
+    return out
+
+
+def event_legend_handles(*, polarity: bool = True, changes: bool = True) -> list:
+    """Legend patches for the colours of :func:`event_frame_rgb` and :func:`event_change_rgb`."""
+    from matplotlib.patches import Patch
+
+    labels = {"ON": "ON event", "OFF": "OFF event", "ON+OFF": "ON and OFF", "added": "added by the attack (adv > clean)",
+              "removed": "removed by the attack (adv < clean)", "added+removed": "added and removed (two polarities)",
+              "unchanged": "unchanged event"}
+    keys = (["ON", "OFF", "ON+OFF"] if polarity else []) + (["added", "removed", "added+removed", "unchanged"] if changes else [])
+    return [Patch(facecolor=EVENT_COLORS[k], edgecolor="none", label=labels[k]) for k in keys]

@@ -41,8 +41,12 @@ def step_by_step_forward(model: SpikingClassifier, x: torch.Tensor, *, num_steps
     out_spk, out_mem = [], []
     for t in range(T):
         h = x_seq[t]
+        inputs: List[torch.Tensor] = []  # spikes entering each stage (residual stages add a shortcut of one of them)
         for i, stage in enumerate(model.stages):
+            inputs.append(h)
             cur = stage.layers(h)
+            if stage.shortcut is not None:
+                cur = cur + stage.shortcut(inputs[stage.skip])
             h, states[i] = _snntorch_step(stage.lif, cur, states[i])
         out_spk.append(h)
         out_mem.append(states[-1][-1])

@@ -36,14 +36,19 @@ def format_table(result: Dict[str, Any]) -> str:
             lines.append(f"WARNING: {s.warning}")
     cascade = any(r.get("cascade") for r in result["results"])
     width = max([len("attack")] + [len(r["attack"]) for r in result["results"]]) + 2
-    head = (f"{'stage' if cascade else 'attack':<{width}}{'norm':<5}{'eps':>6}{'attacked':>9}{'broken':>8}{'robust':>9}{'95% CI':>15}"
-            f"{'Linf max':>9}{'L2 mean':>8}{'Δspikes':>9}{'time s':>8}")
+    nw = max([5] + [len(r["norm"]) + 1 for r in result["results"]])
+    events = bool(result["results"]) and all("l0_median" in r for r in result["results"])
+    # event budgets: the flipped events of the examples (median over the samples a row broke, max over all)
+    size_head = f"{'L0 med':>8}{'L0 max':>8}" if events else f"{'Linf max':>9}{'L2 mean':>8}"
+    head = (f"{'stage' if cascade else 'attack':<{width}}{'norm':<{nw}}{'eps':>6}{'attacked':>9}{'broken':>8}{'robust':>9}{'95% CI':>15}"
+            f"{size_head}{'Δspikes':>9}{'time s':>8}")
     lines.append(head)
     lines.append("-" * len(head))
     for r in result["results"]:
+        size = f"{r['l0_median']:>8g}{r['l0_max']:>8}" if events else f"{r['linf_max']:>9.3f}{r['l2_mean']:>8.2f}"
         lines.append(
-            f"{r['attack']:<{width}}{r['norm']:<5}{r['eps']:>6g}{r['attacked']:>9}{r['broken']:>8}{100 * r['robust_accuracy']:>8.2f}%"
-            f"{_pct_ci(r['ci_low'], r['ci_high']):>15}{r['linf_max']:>9.3f}{r['l2_mean']:>8.2f}{r['spike_count_change']:>9.2f}{r['seconds']:>8.1f}"
+            f"{r['attack']:<{width}}{r['norm']:<{nw}}{r['eps']:>6g}{r['attacked']:>9}{r['broken']:>8}{100 * r['robust_accuracy']:>8.2f}%"
+            f"{_pct_ci(r['ci_low'], r['ci_high']):>15}{size}{r['spike_count_change']:>9.2f}{r['seconds']:>8.1f}"
         )
     if cascade:
         lines.append("(cascade: each stage attacks only the samples still robust after the earlier stages; "
@@ -62,8 +67,9 @@ def format_table(result: Dict[str, Any]) -> str:
     lines.append("worst case over attacks (per sample):")
     for w in result["worst_case"]:
         rej = f", with rejection {100 * w['robust_accuracy_with_rejection']:.2f}%" if "robust_accuracy_with_rejection" in w else ""
+        l0 = f", L0 of the broken: median {w['l0_median']:g}, max {w['l0_max']}" if "l0_median" in w else ""
         lines.append(f"  {w['norm']:<5} eps={w['eps']:<6g} robust accuracy {100 * w['robust_accuracy']:.2f}% "
-                     f"{_pct_ci(w['ci_low'], w['ci_high'])} (95% Wilson, n={w['n']}){rej}")
+                     f"{_pct_ci(w['ci_low'], w['ci_high'])} (95% Wilson, n={w['n']}){rej}{l0}")
     if result["checks"]:
         lines.append("sanity checks:")
         for c in result["checks"]:

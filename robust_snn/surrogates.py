@@ -220,6 +220,8 @@ def make_spike_fn(spec: str) -> SpikeFn:
         return fn(u)
 
     spike_fn.derivative_ = derivative  # type: ignore[attr-defined]
+    spike_fn.surrogate_name = name  # type: ignore[attr-defined]  # for kernels that compute s'(u) themselves
+    spike_fn.surrogate_params = dict(params)  # type: ignore[attr-defined]
     return spike_fn
 
 

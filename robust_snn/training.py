@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from . import distributed
 from .checkpoint import load_file, save_checkpoint
 from .defenses.adversarial import craft, trades_loss, validate_adv, warmup_eps
-from .data import dataset_info, load_split, split_validation
+from .data import data_source, dataset_info, load_split, split_validation
 from .errors import RobustSNNError
 from .evaluation import evaluate_clean
 from .models import SpikingClassifier, full_config, unchecked_inputs
@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "none")
-LOSSES = ("ce", "mse")
+#: ce: cross-entropy on output spike counts (snnTorch's ce_count_loss); count: the N-MNIST seed's name for the same loss;
+#: mse: spike counts regressed on 80 % / 20 % of T (snnTorch's mse_count_loss)
+LOSSES = ("ce", "mse", "count")
 LR_SCALINGS = ("none", "linear", "sqrt")
 
 
@@ -89,17 +91,17 @@ class TrainSettings:
             raise RobustSNNError(f"--adv-warmup must be between 0 and --epochs ({self.epochs}), got {self.adv_warmup}")
         if not 0 <= self.noise_sigma <= 1:
             raise RobustSNNError(f"--noise-sigma must be in [0, 1], got {self.noise_sigma}")
-        if self.adv == "trades" and self.loss != "ce":
+        if self.adv == "trades" and self.loss not in ("ce", "count"):
             raise RobustSNNError("--adv trades needs --loss ce")
 
 
 def spike_loss(logits: torch.Tensor, y: torch.Tensor, *, kind: str, num_steps: int) -> torch.Tensor:
-    """Cross-entropy on spike counts, or MSE between counts and target counts.
+    """Cross-entropy on spike counts (``ce``, or ``count``, the N-MNIST seed's name for it), or MSE between counts and target counts.
 
     The MSE target is 80 % of ``num_steps`` spikes for the true class and 20 %
     for the others (snnTorch's ``mse_count_loss``).
     """
-    if kind == "ce":
+    if kind in ("ce", "count"):
         return F.cross_entropy(logits, y)
     target = torch.full_like(logits, 0.2 * num_steps)
     target.scatter_(1, y.unsqueeze(1), 0.8 * num_steps)
@@ -497,6 +499,7 @@ def _finish(run: _Loop, *, data_dir: Optional[str], command: Optional[str], prog
         "test_accuracy": test["accuracy"],
         "test_n": test["n"],
         "test_split": "test",
+        "test_data": data_source(s.dataset, "test", data_dir=data_dir),
         "val_accuracy": history[-1]["val_accuracy"] if history else None,
         "train_img_per_s": (sum(h["img_per_s"] for h in history) / len(history)) if history else None,
         "eval_img_per_s": test["img_per_s"],
@@ -517,6 +520,30 @@ def _finish(run: _Loop, *, data_dir: Optional[str], command: Optional[str], prog
     run.sp.unlink(missing_ok=True)
     result = {**metrics, "history": history, "checkpoint": str(run.out), "train_seconds": run.train_seconds}
     return model, distributed.broadcast_object(result)
+
+
+def evaluate_trained(out: str | Path, settings: TrainSettings, *, data_dir: Optional[str] = None, device: str = "auto",
+                     progress: bool = True) -> Dict[str, Any]:
+    """``train --test-only``: evaluate the finished checkpoint ``out`` on the test split, no training (the seed's ``--test_only``).
+
+    The model comes from the checkpoint; ``settings.dataset`` must be the one it was trained on, and
+    ``settings.test_limit`` limits the test images. Returns the metrics ``train`` reports for its test split.
+    """
+    from .checkpoint import load_model
+    from .data import data_source
+
+    out = Path(out)
+    if not out.is_file():
+        raise RobustSNNError(f"--test-only evaluates the checkpoint --out {out}, which does not exist; train it first")
+    model = load_model(out, device=device)
+    if model.config["dataset"] != settings.dataset:
+        raise RobustSNNError(f"--test-only: {out} was trained on {model.config['dataset']}, not {settings.dataset}; "
+                             f"pass --dataset {model.config['dataset']}")
+    x, y = load_split(settings.dataset, "test", data_dir=data_dir, limit=settings.test_limit, num_steps=model.num_steps)
+    test = evaluate_clean(model, x, y, progress=progress)
+    return {"checkpoint": str(out), "test_accuracy": test["accuracy"], "test_n": test["n"], "test_split": "test",
+            "data": data_source(settings.dataset, "test", data_dir=data_dir), "eval_img_per_s": test["img_per_s"],
+            "firing_rates": test["firing_rates"]}
 
 
 VAL_PGD_SAMPLES = 1000

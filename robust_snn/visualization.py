@@ -3,6 +3,10 @@
 Every function returns a matplotlib ``Figure`` (headless Agg backend); the
 ``robust-snn visualize`` command saves them. Recordings come from
 ``model(x, record=True)`` (see :class:`robust_snn.models.Recording`).
+
+Image models (``[C, H, W]`` inputs, L∞/L2 attacks) get :func:`images_figure`; event models
+(binary event frames ``[T, P, H, W]``, L0 event attacks) get :func:`events_figure` and
+:func:`event_animation` instead. Every other figure takes either kind of :class:`Trace`.
 """
 from __future__ import annotations
 
@@ -14,13 +18,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .plotting import Figure, plt
+from .plotting import EVENT_COLORS, Figure, event_change_rgb, event_frame_rgb, event_legend_handles, plt
 from .models import Recording
 
 
 @dataclass
 class Trace:
-    """One image through the network: logits ``[K]`` and the recording (batch of 1)."""
+    """One input through the network: the input (``[1, C, H, W]`` image or ``[1, T, P, H, W]`` event frames),
+    logits ``[K]`` and the recording (batch of 1)."""
 
     x: torch.Tensor
     logits: torch.Tensor
@@ -30,14 +35,20 @@ class Trace:
     def prediction(self) -> int:
         return int(self.logits.argmax())
 
+    @property
+    def events(self) -> bool:
+        """True for event frames ``[1, T, P, H, W]`` (an event model's input)."""
+        return self.x.dim() == 5
+
 
 @torch.no_grad()
 def trace(model: torch.nn.Module, x: torch.Tensor, *, seed: int = 0) -> Trace:
-    """Simulate one image ``[C, H, W]`` (or ``[1, C, H, W]``) with recording, on CPU tensors.
+    """Simulate one input with recording, on CPU tensors: an image ``[C, H, W]`` (or ``[1, C, H, W]``), or for
+    an event model event frames ``[T, P, H, W]`` (or ``[1, T, P, H, W]``).
 
     Stochastic encoders are reseeded with ``seed`` so clean and adversarial traces share the same draw.
     """
-    x = x.reshape(1, *x.shape[-3:])
+    x = x.reshape(1, *x.shape[-4:] if getattr(model, "events", False) else x.shape[-3:])
     enc = getattr(model, "encoder", None)
     if enc is not None and hasattr(enc, "reseed"):
         enc.reseed(seed)
@@ -56,10 +67,33 @@ def _fc_layers(rec: Recording) -> List[int]:
     return [i for i, s in enumerate(rec.spikes) if s.dim() == 3]
 
 
+def event_changes(x: torch.Tensor | np.ndarray, adv: torch.Tensor | np.ndarray) -> tuple:
+    """The attack's changes to event frames, entry by entry: ``(added, removed)`` = ``(adv > x, adv < x)`` as numpy bools.
+
+    Shape: any (e.g. ``[T, P, H, W]``), the same for both. ``added.sum() + removed.sum()`` is the L0 distance.
+    """
+    a = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    b = adv.numpy() if isinstance(adv, torch.Tensor) else np.asarray(adv)
+    if a.shape != b.shape:
+        raise ValueError(f"clean and adversarial frames differ in shape: {list(a.shape)} vs {list(b.shape)}")
+    return b > a, b < a
+
+
+def _check_events(clean: Trace, adv: Trace) -> None:
+    if not (clean.events and adv.events):
+        raise ValueError("this figure shows event frames [1, T, P, H, W]; for image inputs use images_figure")
+
+
+def _title(attack: Optional[str], l0: int, budget: Optional[int]) -> str:
+    return f"{attack + ' on events: ' if attack else ''}L0 = {l0} flipped entries" + (f" (budget {budget})" if budget is not None else "")
+
+
 # --- 1. images --------------------------------------------------------------------------------------
 
 def images_figure(clean: Trace, adv: Trace, *, label: Optional[int] = None, classes: Optional[Sequence[str]] = None) -> Figure:
     """Clean image, adversarial image and the perturbation (amplified, diverging colormap). 3 axes (+1 colorbar)."""
+    if clean.events:
+        raise ValueError("event input: draw it with events_figure (images_figure shows images [1, C, H, W])")
     name = (lambda k: str(classes[k]) if classes else str(k))
     xc, xa = clean.x[0, 0].numpy(), adv.x[0, 0].numpy()
     delta = xa - xc
@@ -78,10 +112,79 @@ def images_figure(clean: Trace, adv: Trace, *, label: Optional[int] = None, clas
     return fig
 
 
+#: changed pixels in one bin up to which the difference panels also ring them (a single pixel is easy to miss)
+RING_LIMIT = 20
+
+
+def _ring_changes(ax: Any, added: np.ndarray, removed: np.ndarray) -> None:
+    """Circle the changed pixels of one bin (masks ``[P, H, W]``) in their colours, when there are few of them."""
+    a, r = added.any(0), removed.any(0)
+    if 0 < int((a | r).sum()) <= RING_LIMIT:
+        for mask, key in ((a & ~r, "added"), (r & ~a, "removed"), (a & r, "added+removed")):
+            ys, xs = np.nonzero(mask)
+            ax.scatter(xs, ys, s=70, facecolors="none", edgecolors=EVENT_COLORS[key], linewidths=1.0)
+
+
+def _event_legend() -> list:
+    from matplotlib.lines import Line2D
+
+    ring = Line2D([], [], ls="none", marker="o", ms=8, mfc="none", mec="#555555", label=f"circled: changed pixels (bins with ≤ {RING_LIMIT})")
+    return event_legend_handles() + [ring]
+
+
+def _event_counts(frame: np.ndarray) -> str:
+    """``[P, H, W]`` -> "12 ON / 9 OFF" (two polarities) or "21 events"."""
+    f = frame > 0
+    return f"{int(f[1].sum())} ON / {int(f[0].sum())} OFF" if f.shape[0] == 2 else f"{int(f.sum())} events"
+
+
+def events_figure(clean: Trace, adv: Trace, *, attack: Optional[str] = None, budget: Optional[int] = None,
+                  label: Optional[int] = None, classes: Optional[Sequence[str]] = None) -> Figure:
+    """Clean vs adversarial event frames, one column per time bin; rows clean, adversarial, difference. ``3 × T`` axes.
+
+    Clean and adversarial rows colour the polarities (ON vermillion, OFF blue, both purple); the difference row
+    shows the events the attack added (``adv > clean``, green) and removed (``adv < clean``, orange) over the clean
+    events it left alone (grey). The title gives the L0 distance ``(adv != clean).sum()`` (flipped entries).
+    """
+    _check_events(clean, adv)
+    name = (lambda k: str(classes[k]) if classes else str(k))
+    xc, xa = clean.x[0].numpy(), adv.x[0].numpy()  # [T, P, H, W]
+    added, removed = event_changes(xc, xa)
+    l0 = int((xa != xc).sum())
+    T = xc.shape[0]
+    col = 1.5 if T <= 12 else 1.1
+    fig, axes = plt.subplots(3, T, figsize=(max(7.0, col * T + 1.0), 3 * col + 2.2), squeeze=False)
+    for t in range(T):
+        panels = ((event_frame_rgb(xc[t]), _event_counts(xc[t])), (event_frame_rgb(xa[t]), _event_counts(xa[t])),
+                  (event_change_rgb(added[t], removed[t], xc[t]), f"+{int(added[t].sum())} / −{int(removed[t].sum())}"))
+        for r, (img, text) in enumerate(panels):
+            ax = axes[r, t]
+            ax.imshow(img, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for sp in ax.spines.values():
+                sp.set_color("#999999")
+            ax.set_xlabel(text, fontsize=7, labelpad=2)
+        _ring_changes(axes[2, t], added[t], removed[t])
+        axes[0, t].set_title(f"bin {t}", fontsize=9)
+    rows = (f"clean\n(pred {name(clean.prediction)})", f"adversarial\n(pred {name(adv.prediction)})", "difference\n(added / removed)")
+    for r, text in enumerate(rows):
+        axes[r, 0].set_ylabel(text, fontsize=9, color="red" if r == 1 and adv.prediction != clean.prediction else "black")
+    head = _title(attack, l0, budget) + f": +{int(added.sum())} added, −{int(removed.sum())} removed"
+    head += f"; predicted {name(clean.prediction)} → {name(adv.prediction)}" + (f" (label {name(label)})" if label is not None else "")
+    fig.suptitle(head, fontsize=10)
+    fig.legend(handles=_event_legend(), loc="lower center", ncol=4, fontsize=7, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.09, 1, 0.95))
+    return fig
+
+
 # --- 2. input spike trains ---------------------------------------------------------------------------
 
 def input_figure(clean: Trace, adv: Trace, *, static: bool) -> Figure:
-    """Input spike rasters (pixel index vs step) for rate/latency encoders; the input current for direct encoding. 2 axes."""
+    """Input spike rasters (pixel index vs step) for rate/latency encoders; the input current for direct encoding;
+    for event inputs (``static`` is then ignored) :func:`event_input_figure`. 2 axes."""
+    if clean.events:
+        return event_input_figure(clean, adv)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, tr, title in zip(axes, (clean, adv), ("clean", "adversarial")):
         seq = tr.rec.input_seq[:, 0]  # [T, C, H, W]
@@ -99,6 +202,47 @@ def input_figure(clean: Trace, adv: Trace, *, static: bool) -> Figure:
             ax.set_xlabel("time step")
             ax.set_ylabel("pixel index (flattened)")
             ax.set_title(f"{title}: input spikes ({int(flat.sum())} in total)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def event_input_figure(clean: Trace, adv: Trace) -> Figure:
+    """Event inputs: a raster of every entry (time bin vs flattened ``(P, H, W)`` index) with the attack's added and
+    removed events coloured, and the number of events per bin and polarity, clean vs adversarial. 2 axes."""
+    _check_events(clean, adv)
+    xc, xa = clean.x[0].numpy(), adv.x[0].numpy()  # [T, P, H, W]
+    T, P = xc.shape[:2]
+    added, removed = event_changes(xc, xa)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fc, fa = xc.reshape(T, -1) > 0, xa.reshape(T, -1) > 0
+    for mask, color, lab, size in ((fc & fa, EVENT_COLORS["unchanged"], "in both", 3),
+                                   (added.reshape(T, -1), EVENT_COLORS["added"], f"added ({int(added.sum())})", 30),
+                                   (removed.reshape(T, -1), EVENT_COLORS["removed"], f"removed ({int(removed.sum())})", 30)):
+        t_idx, e_idx = np.nonzero(mask)
+        axes[0].scatter(t_idx, e_idx, s=size, marker="_" if size < 10 else "|", color=color, label=lab)
+    axes[0].set_xlim(-0.5, T - 0.5)
+    axes[0].set_ylim(0, fc.shape[1])
+    axes[0].set_xlabel("time bin")
+    axes[0].set_ylabel("entry (polarity, y, x flattened)")
+    if P == 2:  # channel 0 (OFF) below the line, channel 1 (ON) above
+        hw = fc.shape[1] // 2
+        axes[0].axhline(hw, color="#777777", ls=":", lw=0.8)
+        axes[0].set_yticks([hw / 2, 1.5 * hw], ["OFF", "ON"])
+    axes[0].set_title(f"input events: L0 = {int((xa != xc).sum())} flipped entries", fontsize=9)
+    axes[0].legend(fontsize=8, loc="upper right")
+    t = np.arange(T)
+    pol = [(1, "ON"), (0, "OFF")] if P == 2 else [(None, "events")]
+    for ch, lab in pol:
+        color = EVENT_COLORS.get(lab, "black")
+        cc = (xc > 0).sum((1, 2, 3)) if ch is None else (xc[:, ch] > 0).sum((1, 2))
+        ca = (xa > 0).sum((1, 2, 3)) if ch is None else (xa[:, ch] > 0).sum((1, 2))
+        axes[1].plot(t, cc, color=color, lw=3.5, alpha=0.45, marker="o", label=f"{lab}, clean")
+        axes[1].plot(t, ca, color=color, ls="--", lw=1.5, marker="x", label=f"{lab}, adversarial")
+    axes[1].set_xticks(t)
+    axes[1].set_xlabel("time bin")
+    axes[1].set_ylabel("events")
+    axes[1].set_title("events per time bin", fontsize=9)
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -138,7 +282,7 @@ def conv_maps_figure(clean: Trace, adv: Trace, *, timestep: int, layer: Optional
     for a in axes:
         a.axis("off")
     fig.suptitle(f"{sc.shape[0]} channels of {sc.shape[1]}×{sc.shape[2]}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
 
@@ -242,7 +386,7 @@ def layer_activity_figure(clean: Trace, adv: Trace, *, threshold: float = 1.0, c
     mc, ma = clean.rec.mems[-1], adv.rec.mems[-1]
     if mc is not None and ma is not None:
         mc, ma = mc[:, 0].numpy(), ma[:, 0].numpy()
-        t = np.arange(1, mc.shape[0] + 1)
+        t = np.arange(mc.shape[0])  # 0-based, as the rasters and the running vote
         lab = [str(c) for c in (classes or range(mc.shape[1]))]
         show = [clean.prediction] + ([adv.prediction] if adv.prediction != clean.prediction else [])
         for j, cls in enumerate(show):
@@ -264,10 +408,6 @@ def spike_animation(clean: Trace, adv: Trace, path: str | Path, *, fps: int = 3,
 
     Returns the number of frames (T). Written atomically.
     """
-    from PIL import Image
-
-    from .utils import atomic_path
-
     T = clean.rec.spikes[-1].shape[0]
     k = clean.rec.spikes[-1].shape[-1]
     names = [str(c) for c in (classes or range(k))]
@@ -280,7 +420,10 @@ def spike_animation(clean: Trace, adv: Trace, path: str | Path, *, fps: int = 3,
             ax_in, ax_out = axes[0, col], axes[1, col]
             ax_in.clear()
             ax_out.clear()
-            ax_in.imshow(tr.rec.input_seq[t, 0, 0].numpy(), cmap="gray" if tr.rec.input_seq.max() <= 1 else "viridis")
+            if tr.events:
+                ax_in.imshow(event_frame_rgb(tr.rec.input_seq[t, 0].numpy()), interpolation="nearest")
+            else:
+                ax_in.imshow(tr.rec.input_seq[t, 0, 0].numpy(), cmap="gray" if tr.rec.input_seq.max() <= 1 else "viridis")
             ax_in.set_title(f"{title} input, t={t + 1}/{T}", fontsize=9)
             ax_in.axis("off")
             now = tr.rec.spikes[-1][t, 0].numpy()
@@ -290,15 +433,77 @@ def spike_animation(clean: Trace, adv: Trace, path: str | Path, *, fps: int = 3,
             ax_out.set_title(f"output vote (red: spiking now), leader {names[int(cum[col][t].argmax())]}", fontsize=8)
         fig.tight_layout()
 
+    return _save_gif(fig, draw, T, path, fps=fps)
+
+
+def _save_gif(fig: Figure, draw: Any, n: int, path: str | Path, *, fps: int) -> int:
+    """Draw frames ``0 .. n-1`` with ``draw(i)`` on ``fig``, write them as a looping GIF atomically, close ``fig``; returns ``n``.
+
+    The frames go straight to Pillow (as matplotlib's ``PillowWriter`` does, without its need for a ``.gif`` file name,
+    so the write can be atomic). Every frame must differ (a title with the step does): Pillow merges identical ones.
+    """
+    from PIL import Image
+
+    from .utils import atomic_path
+
     frames = []
-    for t in range(T):
-        draw(t)
-        fig.canvas.draw()
-        frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()))
-    plt.close(fig)
+    try:
+        for i in range(n):
+            draw(i)
+            fig.canvas.draw()
+            frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()))
+    finally:
+        plt.close(fig)
     with atomic_path(path) as tmp:
         frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    return T
+    return n
+
+
+def event_animation(clean: Trace, adv: Trace, path: str | Path, *, fps: int = 2, attack: Optional[str] = None,
+                    budget: Optional[int] = None, classes: Optional[Sequence[str]] = None) -> int:
+    """Animated GIF of :func:`events_figure`, one frame per time bin: clean, adversarial and difference frames of that bin,
+    and the running output vote (cumulative output spikes per class) of both.
+
+    Returns the number of frames (T, the time bins). Written atomically.
+    """
+    _check_events(clean, adv)
+    xc, xa = clean.x[0].numpy(), adv.x[0].numpy()
+    added, removed = event_changes(xc, xa)
+    l0 = int((xa != xc).sum())
+    T = xc.shape[0]
+    k = clean.rec.spikes[-1].shape[-1]
+    names = [str(c) for c in (classes or range(k))]
+    cum = [tr.rec.spikes[-1][:, 0].numpy().cumsum(0) for tr in (clean, adv)]
+    ymax = max(float(c.max()) for c in cum) + 1
+    fig = plt.figure(figsize=(9, 6.6))
+    gs = fig.add_gridspec(2, 3, height_ratios=(1.0, 0.75), left=0.06, right=0.98, top=0.86, bottom=0.17, hspace=0.45, wspace=0.12)
+    ax_ev = [fig.add_subplot(gs[0, j]) for j in range(3)]
+    ax_vote = fig.add_subplot(gs[1, :])
+    fig.legend(handles=_event_legend(), loc="lower center", ncol=4, fontsize=7, frameon=False)
+    pos = np.arange(k)
+
+    def draw(t: int) -> None:
+        for ax in (*ax_ev, ax_vote):
+            ax.clear()
+        panels = ((event_frame_rgb(xc[t]), f"clean: {_event_counts(xc[t])}"), (event_frame_rgb(xa[t]), f"adversarial: {_event_counts(xa[t])}"),
+                  (event_change_rgb(added[t], removed[t], xc[t]), f"difference: +{int(added[t].sum())} / −{int(removed[t].sum())}"))
+        for ax, (img, title) in zip(ax_ev, panels):
+            ax.imshow(img, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        _ring_changes(ax_ev[2], added[t], removed[t])
+        ax_vote.bar(pos - 0.2, cum[0][t], width=0.4, label="clean")
+        ax_vote.bar(pos + 0.2, cum[1][t], width=0.4, color="tab:red", hatch="//", edgecolor="white", label="adversarial")
+        ax_vote.set_ylim(0, ymax)
+        ax_vote.set_xticks(pos, names)
+        ax_vote.set_ylabel("output spikes so far")
+        ax_vote.set_title(f"running vote: clean leads {names[int(cum[0][t].argmax())]}, adversarial leads {names[int(cum[1][t].argmax())]}",
+                          fontsize=9)
+        ax_vote.legend(fontsize=8, loc="upper left")
+        fig.suptitle(f"time bin {t} (of 0–{T - 1}): " + _title(attack, l0, budget) + " over all bins", fontsize=10)
+
+    return _save_gif(fig, draw, T, path, fps=fps)
 
 
 # --- quantitative companion -------------------------------------------------------------------------
@@ -425,36 +630,85 @@ def tsne_figure(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y:
     return fig
 
 
-#: the files ``visualize --out`` may write (glob patterns)
-OUTPUT_PATTERNS = ("1_images.*", "2_input.*", "3_conv_maps_t*.*", "4_fc_raster.*", "5_output.*", "6_activity.*",
+#: the files ``visualize --out`` may write (glob patterns); event models write ``1_events`` instead of ``1_images``
+OUTPUT_PATTERNS = ("1_images.*", "1_events.*", "2_input.*", "3_conv_maps_t*.*", "4_fc_raster.*", "5_output.*", "6_activity.*",
                    "7_animation.gif", "8_tsne.*", "summary.json")
 
+#: defaults of :func:`render_all`: attack and budget per input kind
+IMAGE_DEFAULTS = {"attack": "pgd", "eps": 0.1}
+EVENT_DEFAULTS = {"attack": "flip-greedy", "budget": 50}
 
-def render_all(model: torch.nn.Module, *, index: Optional[int] = None, digit: Optional[int] = None, attack: str = "pgd",
-               eps: float = 0.1, steps: Optional[int] = None, surrogate: Optional[str] = None, timestep: Optional[int] = None,
-               out: str | Path = "figures", fmt: str = "png", tsne_samples: int = 200, seed: int = 0,
+
+def _attack_and_budget(model: torch.nn.Module, attack: Optional[str], eps: Optional[float], budget: Optional[int],
+                       steps: Optional[int]) -> tuple:
+    """The attack spec and budget for ``model``'s input kind; one clear error for an option of the other kind."""
+    from .attacks.registry import event_attack_names, get_spec
+    from .errors import RobustSNNError
+
+    events = bool(getattr(model, "events", False))
+    spec = get_spec(attack if attack is not None else (EVENT_DEFAULTS if events else IMAGE_DEFAULTS)["attack"])
+    if events:
+        if eps is not None:
+            raise RobustSNNError("this model takes event tensors: its budget is a number of flipped events (--budget), not --eps")
+        if spec.norm != "L0":
+            raise RobustSNNError(f"{spec.name} is an image attack, but this model takes event tensors; use an event attack "
+                                 f"({', '.join(event_attack_names())})")
+        value = EVENT_DEFAULTS["budget"] if budget is None else budget
+        if isinstance(value, bool) or not float(value).is_integer() or value < 0:
+            raise RobustSNNError(f"--budget must be a whole number of flipped events >= 0, got {value}")
+        value = int(value)
+    else:
+        if budget is not None:
+            raise RobustSNNError("this model takes images: --budget sets the event budget of event models; use --eps")
+        if spec.norm == "L0":
+            raise RobustSNNError(f"{spec.name} is an event attack, but this model takes images; use an image attack such as pgd")
+        value = float(IMAGE_DEFAULTS["eps"] if eps is None else eps)
+    if steps is not None and "steps" not in spec.defaults:
+        raise RobustSNNError(f"--steps is not used by {spec.name}; leave it out")
+    return spec, value
+
+
+def render_all(model: torch.nn.Module, *, index: Optional[int] = None, digit: Optional[int] = None, attack: Optional[str] = None,
+               eps: Optional[float] = None, budget: Optional[int] = None, steps: Optional[int] = None, surrogate: Optional[str] = None,
+               timestep: Optional[int] = None, out: str | Path = "figures", fmt: str = "png", tsne_samples: int = 200, seed: int = 0,
                data_dir: Optional[str] = None, progress: bool = False) -> Dict[str, Any]:
-    """Attack one test image and write every figure (see ``robust-snn visualize --help``); returns a summary."""
+    """Attack one test input and write every figure (see ``robust-snn visualize --help``); returns a summary.
+
+    Image models: ``attack`` (default ``pgd``) with budget ``eps`` (L∞ on the [0, 1] scale, or the L2 radius; default
+    0.1); figure 1 is ``1_images``. Event models: an event attack (default ``flip-greedy``) with the L0 budget
+    ``budget`` (flipped entries; default 50); figure 1 is ``1_events`` (clean / adversarial / difference per time
+    bin) and the animation shows the event frames bin by bin; the conv maps default to the time bin in which the
+    attack changes the first convolutional layer most (images: ``T // 2``). ``eps`` on an event model, ``budget`` on an image
+    model, an attack of the other kind, or ``steps`` for an attack without steps is one :class:`RobustSNNError`.
+    """
     from .attacks import evaluate
-    from .attacks.registry import get_spec
     from .data import load_split
     from .errors import RobustSNNError
     from .utils import save_figure_atomic, write_json_atomic
 
-    spec = get_spec(attack)
     if fmt not in ("png", "svg", "gif"):
         raise RobustSNNError(f"--format must be png, svg or gif, got {fmt!r}")
     if tsne_samples < 0 or tsne_samples == 1:
         raise RobustSNNError(f"--tsne-samples must be 0 or at least 2, got {tsne_samples}")
     if index is not None and digit is not None:
         raise RobustSNNError("give --index or --digit, not both")
+    if index is not None and index < 0:
+        raise RobustSNNError(f"--index must be >= 0, got {index}")
+    spec, eps = _attack_and_budget(model, attack, eps, budget, steps)
+    events = bool(getattr(model, "events", False))
     classes = model.config.get("classes")
-    x_all, y_all = load_split(model.config["dataset"], "test", data_dir=data_dir)
+    if events:  # event frames are read file by file (or simulated): only as many as needed
+        need = max(index + 1 if index is not None else 1, 500 if digit is not None else 1, tsne_samples)
+        x_all, y_all = load_split(model.config["dataset"], "test", data_dir=data_dir, num_steps=model.num_steps, limit=need)
+    else:
+        x_all, y_all = load_split(model.config["dataset"], "test", data_dir=data_dir)
     notes: List[str] = []
     if digit is not None:
         if not 0 <= digit < model.config["num_classes"]:
             raise RobustSNNError(f"--digit must be a class index in [0, {model.config['num_classes'] - 1}], got {digit}")
         cand = torch.nonzero(y_all == digit).squeeze(1)[:200]
+        if not len(cand):
+            raise RobustSNNError(f"no test sample of class {digit} among the first {len(y_all)}; give --index instead")
         with torch.no_grad():
             pred = model(x_all[cand].to(next(model.parameters()).device)).argmax(1).cpu()
         ok = cand[pred == digit]
@@ -463,25 +717,35 @@ def render_all(model: torch.nn.Module, *, index: Optional[int] = None, digit: Op
     if not 0 <= index < len(x_all):
         raise RobustSNNError(f"--index must be in [0, {len(x_all) - 1}], got {index}")
     x, y = x_all[index:index + 1], y_all[index:index + 1]
-    res = evaluate(model, x, y, attacks=[spec.name], eps=[eps], eps_l2=[eps], steps=steps, surrogate=surrogate, seed=seed,
-                   checks=False, keep_examples=True)
+    budgets = {"eps_l0": [eps]} if events else {"eps": [eps], "eps_l2": [eps]}
+    res = evaluate(model, x, y, attacks=[spec.name], **budgets, steps=steps, surrogate=surrogate, seed=seed, checks=False,
+                   keep_examples=True)
     x_adv = res.example(spec.name, eps)
     clean, adv = trace(model, x[0], seed=seed), trace(model, x_adv[0], seed=seed)
+    option = "--budget" if events else "--eps"
     if clean.prediction != int(y[0]):
-        notes.append("the clean image is already misclassified; the attack left it unchanged")
+        notes.append(f"the clean {'input' if events else 'image'} is already misclassified; the attack left it unchanged")
     elif adv.prediction == clean.prediction:
-        notes.append(f"{spec.name} at eps {eps:g} did not change the prediction; try a larger --eps")
+        notes.append(f"{spec.name} at {option.lstrip('-')} {eps:g} did not change the prediction; try a larger {option}")
     T = clean.rec.spikes[-1].shape[0]
     t = T // 2 if timestep is None else int(timestep)
+    if timestep is None and events and _conv_layers(clean.rec):  # the bin where the attack changes the first conv layer most
+        i = _conv_layers(clean.rec)[0]
+        differ = (clean.rec.spikes[i] != adv.rec.spikes[i]).flatten(1).sum(1)
+        t = int(differ.argmax()) if int(differ.max()) > 0 else t
     if not 0 <= t < T:
         raise RobustSNNError(f"--timestep must be in [0, {T - 1}], got {t}")
     outd = Path(out)
     outd.mkdir(parents=True, exist_ok=True)
     files: List[str] = []
     label = int(y[0])
+    event_budget = int(eps) if events else None
     if fmt != "gif":
-        figs = {"1_images": images_figure(clean, adv, label=label, classes=classes),
-                "2_input": input_figure(clean, adv, static=bool(model.encoder.static))}
+        if events:
+            figs = {"1_events": events_figure(clean, adv, attack=spec.name, budget=event_budget, label=label, classes=classes)}
+        else:
+            figs = {"1_images": images_figure(clean, adv, label=label, classes=classes)}
+        figs["2_input"] = input_figure(clean, adv, static=bool(model.encoder.static))
         if _conv_layers(clean.rec):
             figs[f"3_conv_maps_t{t}"] = conv_maps_figure(clean, adv, timestep=t)
         else:
@@ -490,7 +754,7 @@ def render_all(model: torch.nn.Module, *, index: Optional[int] = None, digit: Op
                      "6_activity": layer_activity_figure(clean, adv, threshold=float(model.config["threshold"]), classes=classes)})
         if tsne_samples:
             n = min(tsne_samples, len(x_all))
-            r = evaluate(model, x_all[:n], y_all[:n], attacks=[spec.name], eps=[eps], eps_l2=[eps], steps=steps, surrogate=surrogate,
+            r = evaluate(model, x_all[:n], y_all[:n], attacks=[spec.name], **budgets, steps=steps, surrogate=surrogate,
                          seed=seed, checks=False, keep_examples=True, progress=progress)
             figs["8_tsne"] = tsne_figure(model, x_all[:n], r.example(spec.name, eps), y_all[:n], seed=seed, classes=classes)
         for name, fig in figs.items():
@@ -499,12 +763,19 @@ def render_all(model: torch.nn.Module, *, index: Optional[int] = None, digit: Op
             plt.close(fig)
             files.append(str(path))
     gif = outd / "7_animation.gif"
-    frames = spike_animation(clean, adv, gif, classes=classes)
+    if events:
+        frames = event_animation(clean, adv, gif, attack=spec.name, budget=event_budget, classes=classes)
+    else:
+        frames = spike_animation(clean, adv, gif, classes=classes)
     files.append(str(gif))
     layers = layer_distances(clean, adv)
-    summary = {"checkpoint": getattr(model, "checkpoint_path", None), "index": index, "label": label, "attack": spec.name, "eps": eps,
-               "clean_prediction": clean.prediction, "adversarial_prediction": adv.prediction, "num_steps": T, "timestep": t,
-               "frames": frames, "layers": layers, "notes": notes}
+    summary = {"checkpoint": getattr(model, "checkpoint_path", None), "index": index, "label": label, "attack": spec.name,
+               "norm": spec.norm, "eps": eps, "clean_prediction": clean.prediction, "adversarial_prediction": adv.prediction,
+               "num_steps": T, "timestep": t, "frames": frames, "layers": layers, "notes": notes}
+    if events:
+        added, removed = event_changes(clean.x, adv.x)
+        summary.update({"budget": event_budget, "l0": int((adv.x != clean.x).sum()), "events_added": int(added.sum()),
+                        "events_removed": int(removed.sum())})
     write_json_atomic(outd / "summary.json", summary)
     files.append(str(outd / "summary.json"))
     summary["files"] = files

@@ -59,3 +59,30 @@ def tiny_model(tiny_checkpoint):
 def eval_batch(mnist_test):
     x, y = mnist_test
     return x[:64].clone(), y[:64].clone()
+
+
+@pytest.fixture(scope="session")
+def synthetic_nmnist(tmp_path_factory, data_dir):
+    """Synthetic N-MNIST files in tonic's layout: 800 train and 200 test samples."""
+    from robust_snn.events import make_nmnist
+
+    root = tmp_path_factory.mktemp("nmnist")
+    make_nmnist(root, split="train", limit=800, seed=0, data_dir=str(data_dir))
+    make_nmnist(root, split="test", limit=200, seed=1, data_dir=str(data_dir))
+    return root
+
+
+@pytest.fixture(scope="session")
+def scnn_checkpoint(synthetic_nmnist, tmp_path_factory):
+    """A tiny SpikingCNN trained on ``synthetic_nmnist`` (about 60 % on its test split)."""
+    from click.testing import CliRunner
+
+    from robust_snn.cli import main
+
+    out = tmp_path_factory.mktemp("scnn") / "scnn.pt"
+    res = CliRunner().invoke(main, ["train", "--model", "scnn", "--dataset", "nmnist", "--data-dir", str(synthetic_nmnist),
+                                    "--channels", "4,8,8", "--hidden", "32", "--num-steps", "6", "--epochs", "8", "--lr", "5e-3",
+                                    "--batch-size", "50", "--val-split", "0", "--threshold", "0.5", "--out", str(out), "--quiet",
+                                    "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    return out

@@ -35,13 +35,13 @@ def test_info_lists_everything(runner):
     res = runner.invoke(main, ["info", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    assert data["models"] == ["csnn", "csnn-deep", "fcsnn", "scnn"]
+    assert data["models"] == ["csnn", "csnn-deep", "fcsnn", "scnn", "sresnet"]
     assert {"fgsm", "pgd", "square", "autoattack"} <= set(data["attacks"])
     assert data["attacks"]["pgd"]["defaults"]["step_scale"] == 2.5
     assert "rate" in data["attack_gradients"] and data["encoders"]["rate"]["stochastic"]
     assert set(data["neurons"]) == {"lif", "alif", "synaptic"} and all(data["neurons"].values())
     assert data["threat_models"]["L0"]["units"] == "events added or removed (flipped entries)"
-    assert list(data["threat_models"]) == ["Linf", "L2", "L0"]
+    assert list(data["threat_models"]) == ["Linf", "L2", "L0", "add-only"]
 
 
 def test_info_text_lists_neurons_and_threat_models(runner):

@@ -63,6 +63,7 @@ def test_make_nmnist_writes_tonics_layout_and_tonic_reads_it(tmp_path):
     assert res.exit_code == 0, res.output
     assert "wrote 12 synthetic N-MNIST files" in res.output and "not the real recordings" in res.output
     files = sorted((tmp_path / "NMNIST" / "Test").glob("*/*.bin"))
+    assert "make-nmnist" in (tmp_path / "NMNIST" / "SYNTHETIC").read_text()  # marks the folder as synthetic
     _, y = load_split("mnist", "test", limit=12)
     assert len(files) == 12 and sorted(int(f.parent.name) for f in files) == sorted(y.tolist())
     ev = tonic.io.read_mnist_file(str(files[0]), dtype=DTYPE)
@@ -78,31 +79,10 @@ def test_make_nmnist_writes_tonics_layout_and_tonic_reads_it(tmp_path):
     assert forced.exit_code == 0 and files[0].read_bytes() == before
 
 
-@pytest.fixture(scope="module")
-def synthetic_nmnist(tmp_path_factory, data_dir):
-    from robust_snn.events import make_nmnist
-
-    root = tmp_path_factory.mktemp("nmnist")
-    make_nmnist(root, split="train", limit=800, seed=0, data_dir=str(data_dir))
-    make_nmnist(root, split="test", limit=200, seed=1, data_dir=str(data_dir))
-    return root
-
-
 def test_event_frames_load_balanced_and_binary(synthetic_nmnist):
     x, y = load_split("nmnist", "test", data_dir=synthetic_nmnist, num_steps=5, limit=40)
     assert x.shape == (40, 5, 2, 34, 34) and set(x.unique().tolist()) == {0.0, 1.0}
     assert torch.bincount(y, minlength=10).tolist() == [4] * 10  # interleaved across digits
-
-
-@pytest.fixture(scope="module")
-def scnn_checkpoint(synthetic_nmnist, tmp_path_factory):
-    out = tmp_path_factory.mktemp("scnn") / "scnn.pt"
-    res = CliRunner().invoke(main, ["train", "--model", "scnn", "--dataset", "nmnist", "--data-dir", str(synthetic_nmnist),
-                                    "--channels", "4,8,8", "--hidden", "32", "--num-steps", "6", "--epochs", "8", "--lr", "5e-3",
-                                    "--batch-size", "50", "--val-split", "0", "--threshold", "0.5", "--out", str(out), "--quiet",
-                                    "--device", "cpu"])
-    assert res.exit_code == 0, res.output
-    return out
 
 
 def test_spiking_cnn_trains_on_synthetic_nmnist_well_above_chance(synthetic_nmnist, scnn_checkpoint, tmp_path):
@@ -156,8 +136,13 @@ def test_event_models_get_the_events_suite_by_default(synthetic_nmnist, scnn_che
     x, y = load_split("nmnist", "test", data_dir=synthetic_nmnist, num_steps=6, limit=40)
     res = evaluate(model, x, y, eps_l0=[20])  # no attacks, no suite: the model's default suite
     assert res["suite"] == "events" and res["robustness_claim"] is False
-    assert [r["attack"] for r in res.rows] == ["flip-greedy", "flip-random"]
-    assert res.rows[1]["attacked"] == int(res.worst_mask(20, "L0").sum()) + res.rows[1]["broken"]  # cascade: survivors only
+    from robust_snn.attacks.suite import SUITES
+
+    stages = [st.attack for st in SUITES["events"].stages]
+    assert [r["attack"] for r in res.rows] == stages and stages[0] == "flip-greedy" and stages[-1] == "flip-random"
+    for before, row in zip(res.rows, res.rows[1:]):  # cascade: each stage attacks the survivors of the ones before
+        assert row["attacked"] == round(before["robust_accuracy"] * len(y))
+    assert res.rows[-1]["attacked"] == int(res.worst_mask(20, "L0").sum()) + res.rows[-1]["broken"]
 
     base = ["attack", "--checkpoint", str(scnn_checkpoint), "--data-dir", str(synthetic_nmnist), "--limit", "30"]
     out = CliRunner().invoke(main, base + ["--budget", "0,20"])
@@ -189,5 +174,5 @@ def test_budget_and_knobs_are_checked_against_the_suite_that_runs(synthetic_nmni
     image = CliRunner().invoke(main, ["attack", "--limit", "5", "--budget", "10"])  # an image model
     assert image.exit_code != 0 and "this model takes images" in image.output and "Traceback" not in image.output
     steps = CliRunner().invoke(main, ["attack", "--checkpoint", str(scnn_checkpoint), "--data-dir", str(synthetic_nmnist),
-                                      "--limit", "5", "--steps", "50"])  # the events suite has no steps
-    assert steps.exit_code != 0 and "--steps is used by none of the attacks" in steps.output
+                                      "--limit", "5", "--queries", "50"])  # the events suite has no queries
+    assert steps.exit_code != 0 and "--queries is used by none of the attacks" in steps.output

@@ -106,7 +106,9 @@ def test_fused_lif_matches_reference_outputs_and_input_gradients(reset, readout,
         results.append((out.detach(), grad))
     (out_f, g_f), (out_r, g_r) = results
     assert torch.equal(out_f, out_r)
-    assert g_r.abs().sum() > 0 and torch.allclose(g_f, g_r, rtol=1e-4, atol=1e-6)
+    # float32 rounding: the fused backward sums in another order; near-zero entries get an absolute tolerance on the
+    # gradient's scale (with atol=1e-6, straight_through-count-none failed or passed depending on memory alignment)
+    assert g_r.abs().sum() > 0 and torch.allclose(g_f, g_r, rtol=1e-4, atol=1e-6 * max(1.0, float(g_r.abs().max())))
 
 
 @pytest.mark.parametrize("arch", ["csnn", "csnn-deep", "fcsnn"])
@@ -226,3 +228,4 @@ def test_image_attacks_refuse_event_models():
     events = (torch.rand(4, 5, 2, 8, 8) > 0.8).float()
     with pytest.raises(RobustSNNError, match="image attacks .* do not apply to events"):
         evaluate(model, events, torch.zeros(4, dtype=torch.long), attacks=["fgsm"], eps=[0.1])
+

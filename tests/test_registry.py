@@ -88,7 +88,8 @@ def test_attack_names_are_matched_as_the_cli_types_them():
 
 def test_one_file_per_threat_model_and_neuron_type():
     modules = {name: type(tm).__module__ for name, tm in THREAT_MODELS.items()}
-    assert modules == {"Linf": "robust_snn.threat.linf", "L2": "robust_snn.threat.l2", "L0": "robust_snn.threat.l0"}
+    assert modules == {"Linf": "robust_snn.threat.linf", "L2": "robust_snn.threat.l2", "L0": "robust_snn.threat.l0",
+                       "add-only": "robust_snn.threat.add_only"}
     assert all(tm.name == name for name, tm in THREAT_MODELS.items())
     assert {name: cls.__module__ for name, cls in NEURONS.items()} == {
         "lif": "robust_snn.neurons.lif", "alif": "robust_snn.neurons.alif", "synaptic": "robust_snn.neurons.synaptic"}

@@ -59,7 +59,7 @@ def test_budget_validation_messages():
 
 
 def test_every_attack_names_a_known_threat_model():
-    assert {a.threat.name for a in ATTACKS.values()} == {"Linf", "L2", "L0"}
+    assert {a.threat.name for a in ATTACKS.values()} == {"Linf", "L2", "L0"}  # event attacks also run under add-only
 
 
 def test_one_pgd_core_one_step_size_rule(tiny_model, eval_batch):
@@ -78,3 +78,43 @@ def test_one_pgd_core_one_step_size_rule(tiny_model, eval_batch):
     assert THREAT_MODELS["Linf"].within(core, x, 0.1) and THREAT_MODELS["Linf"].in_domain(core)
     with torch.no_grad():
         assert (tiny_model(core).argmax(1) == y).sum() < (tiny_model(x).argmax(1) == y).sum()  # it is an attack
+
+
+def test_add_only_counts_added_events_and_refuses_any_removal():
+    tm = get_threat_model("add-only")
+    x = torch.zeros(3, 2, 2, 3, 3)  # [B, T, P, H, W]
+    x[:, 0, 0, 0, 0] = 1  # one event per sample
+    x_adv = x.clone()
+    x_adv[0, 1, 1, 2, :] = 1  # sample 0: three events added
+    x_adv[1, 0, 0, 0, 0] = 0  # sample 1: its event removed
+    x_adv[1, 1, 0, 0, 0] = 1  # ... and one added
+    assert tm.distance(x_adv, x).tolist() == [3.0, float("inf"), 0.0]
+    assert get_threat_model("L0").distance(x_adv, x).tolist() == [3.0, 2.0, 0.0]  # the same flips as L0 counts them
+    assert tm.within(x_adv[[0, 2]], x[[0, 2]], 3) and not tm.within(x_adv[[0, 2]], x[[0, 2]], 2)
+    assert not tm.within(x_adv, x, 1000)  # a removal is outside the threat model at every budget
+    assert tm.in_domain(x_adv) and tm.check_budget(4) == 4.0
+    with pytest.raises(RobustSNNError, match="whole number of events"):
+        tm.check_budget(-1)
+    assert THREAT_MODELS["add-only"] is tm and tm.describe()["units"].startswith("events added")
+
+
+def test_add_only_projection_reverts_removals_keeps_the_largest_additions_and_rounds():
+    tm = get_threat_model("add-only")
+    x = torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0, 1.0]])
+    soft = torch.tensor([[0.9, 0.6, 0.7, 0.2, 0.0, 1.0]])  # three additions above 1/2, one below, one removal
+    assert tm.project(soft, x, 2).tolist() == [[1.0, 0.0, 1.0, 0.0, 1.0, 1.0]]  # the two largest additions
+    assert tm.project(soft, x, 10).tolist() == [[1.0, 1.0, 1.0, 0.0, 1.0, 1.0]]  # 0.2 rounds away; the removal reverted
+    assert torch.equal(tm.project(soft, x, 0), x)
+    ties = torch.tensor([[0.8, 0.8, 0.8, 0.0, 1.0, 1.0]])
+    assert tm.project(ties, x, 1).sum().item() == 3.0  # one addition kept among equals
+    wild = torch.tensor([[3.0, -2.0, 0.0, 0.0, -5.0, 7.0]])  # out of [0, 1]: clipped before projecting
+    p = tm.project(wild, x, 5)
+    assert p.tolist() == [[1.0, 0.0, 0.0, 0.0, 1.0, 1.0]] and tm.within(p, x, 1) and tm.in_domain(p)
+    # on random frames: always binary, within the budget, never an event removed
+    g = torch.Generator().manual_seed(4)
+    xb = (torch.rand(4, 3, 2, 5, 5, generator=g) > 0.8).float()
+    far = xb + torch.randn(xb.shape, generator=g)
+    for eps in (0, 1, 7, 40):
+        q = tm.project(far, xb, eps)
+        assert tm.in_domain(q) and tm.within(q, xb, eps) and bool((q >= xb).all())
+        assert tm.distance(q, xb).max() <= eps

@@ -25,7 +25,7 @@ from .checks import TOL_BOUND, check_convergence, check_model, check_results
 from .eot import EOT
 from .guard import GradGuard
 from .result import EvaluationResult, result_key
-from .registry import AttackSpec, attack_params, build_attack, get_spec, parse_attack
+from .registry import AttackSpec, attack_params, build_attack, event_attack_names, get_spec, parse_attack
 from .suite import Suite, default_suite, get_suite
 from ..utils import progress_bar
 
@@ -35,6 +35,9 @@ DEFAULT_EOT_SAMPLES = 8
 DEFAULT_EPS_L2 = (1.5,)
 #: default L0 event budget (flipped entries) of event attacks
 DEFAULT_EPS_L0 = (10.0,)
+#: the threat models an event attack can run under (``evaluate(..., threat=...)``, ``attack --threat``): every event
+#: attack is built for the norm ``L0``; under ``add-only`` it gets ``params["add_only"] = True`` and its rows that norm
+EVENT_THREATS = ("L0", "add-only")
 
 
 def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -75,6 +78,13 @@ class _Job:
     label: str
     surrogate: str
     cascade: bool
+    #: the threat model of its rows when it is not the spec's own (event attacks under ``add-only``)
+    threat_name: Optional[str] = None
+
+    @property
+    def norm(self) -> str:
+        """The ``norm`` of this job's rows: its threat model's name."""
+        return self.threat_name or self.spec.norm
 
 
 def evaluate(
@@ -102,6 +112,7 @@ def evaluate(
     adaptive_detector_attack: bool = True,
     shard: Optional[bool] = None,
     convergence: bool = False,
+    threat: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Attack ``model`` on ``(x, y)`` with every attack at every budget.
 
@@ -117,6 +128,7 @@ def evaluate(
             the stages that use the model's own gradient.
         eps: L∞ budgets on the [0, 1] scale (for L∞ attacks).
         eps_l2: L2 radii for L2 attacks (default 1.5).
+        eps_l0: event budgets of event attacks (whole numbers of events; default 10).
         steps: iterations for iterative attacks (default: per attack).
         queries: queries for Square.
         restarts: runs per attack; later runs attack only still-robust samples.
@@ -145,6 +157,10 @@ def evaluate(
         convergence: Carlini et al.'s "more iterations do not help" check: rerun the last
             gradient stage with twice the steps on the survivors among the first 200 samples
             (largest L∞ budget) and fail the check if it breaks more than 1 % of them.
+        threat: the threat model of the event attacks, ``"L0"`` (default: events added or
+            removed) or ``"add-only"`` (events added, never removed): every event attack is
+            built with ``add_only`` accordingly, and its rows are judged (budget, ``within``)
+            and keyed (``norm``, worst case) by that threat model. Only for event models.
 
     With a detector (``model.detector``, e.g. :class:`~robust_snn.defenses.Defended`),
     every row also reports the detection rate of successful examples, the AUROC of
@@ -181,13 +197,15 @@ def evaluate(
         raise RobustSNNError("pgd-tcc is an adaptive attack; it cannot run with --no-adaptive")
     if getattr(model, "events", False) and any(sp.threat.name != "L0" for sp in specs):
         raise RobustSNNError("this model takes event tensors; image attacks (L∞, L2) do not apply to events: "
-                             "use the event attacks, e.g. --attack flip-greedy,flip-random --budget 10,50")
+                             f"use the event attacks ({', '.join(event_attack_names())}), "
+                             "e.g. --attack pga,flip-random --budget 10,50")
+    event_threat = _event_threat(threat, model)
     add_tcc = detector is not None and source_model is None and adaptive_detector_attack and not any(sp.needs_detector for sp in specs)
     eps = unique_budgets(eps)
     eps_l2 = unique_budgets(eps_l2 if eps_l2 is not None else DEFAULT_EPS_L2)
     eps_l0 = unique_budgets(eps_l0 if eps_l0 is not None else DEFAULT_EPS_L0)
     for e in eps_l0:
-        THREAT_MODELS["L0"].check_budget(e)
+        THREAT_MODELS[event_threat].check_budget(e)
     if any(sp.threat.name == "L0" for sp in specs) and not getattr(model, "events", False):
         raise RobustSNNError("event attacks (L0 budgets) need a model that takes event tensors (input = 'events')")
     for e in eps:
@@ -200,7 +218,7 @@ def evaluate(
         raise RobustSNNError("images must be in [0, 1]")
     grads = _surrogates(surrogate)
     jobs = _jobs(specs, the_suite, eps=eps, eps_l2=eps_l2, eps_l0=eps_l0, grads=grads, surrogate=surrogate, steps=steps, queries=queries,
-                 seed=seed, overrides=overrides)
+                 seed=seed, overrides=overrides, event_threat=event_threat)
     stages = list(dict.fromkeys(j.label for j in jobs)) if the_suite is not None else None  # before pgd-tcc is added
     if add_tcc:
         tcc = get_spec("pgd-tcc")
@@ -238,7 +256,23 @@ def evaluate(
                                     stochastic=run.stochastic)
     if convergence_record is not None:
         check_list.append(check_convergence(**convergence_record))
-    return _summary(run, check_list, surrogate=surrogate, suite=the_suite, stages=stages)
+    out = _summary(run, check_list, surrogate=surrogate, suite=the_suite, stages=stages)
+    if getattr(model, "events", False):
+        out["threat"] = event_threat
+    return out
+
+
+def _event_threat(threat: Optional[str], model: torch.nn.Module) -> str:
+    """The threat model of the event attacks: ``"L0"`` or ``"add-only"`` (typed any case), only for event models."""
+    if threat is None:
+        return "L0"
+    name = {t.lower(): t for t in EVENT_THREATS}.get(str(threat).strip().lower())
+    if name is None:
+        raise RobustSNNError(f"unknown event threat model {threat!r}; choose from: {', '.join(t.lower() for t in EVENT_THREATS)}")
+    if not getattr(model, "events", False):
+        raise RobustSNNError(f"the threat model {name} is for event models (L0 event budgets); this model takes images, "
+                             "whose threat models are L∞ (eps) and L2 (eps_l2): leave the event threat model out")
+    return name
 
 
 @dataclass
@@ -276,6 +310,8 @@ class _Run:
     results: List[Dict[str, Any]] = field(default_factory=list)
     robust_masks: Dict[tuple, torch.Tensor] = field(default_factory=dict)
     rejection_masks: Dict[tuple, torch.Tensor] = field(default_factory=dict)
+    #: event budgets: per sample, the fewest flipped events of an example that broke it (inf: none did)
+    l0_broken: Dict[tuple, torch.Tensor] = field(default_factory=dict)
     examples: Dict[str, torch.Tensor] = field(default_factory=dict)
     example_predictions: Dict[str, torch.Tensor] = field(default_factory=dict)
     examples_scores: Dict[str, tuple] = field(default_factory=dict)
@@ -347,13 +383,18 @@ def _run_job(run: _Run, job: _Job) -> None:
     spec, e = job.spec, job.eps
     x, y, n, chunks = run.x, run.y, run.n, run.chunks
     clean_correct, clean_logits = run.clean_correct, run.clean_logits
-    key = (spec.norm, e)
+    key = (job.norm, e)
     robust_masks = run.robust_masks
     active = robust_masks.get(key) if job.cascade else None
     t1 = time.perf_counter()
+    # a minimum-L0 event attack (SpikeFool) reports the size of what it found, within the budget or not
+    found_l0 = torch.full((n,), float("inf")) if spec.minimum_norm and job.norm in EVENT_THREATS else None
     x_adv, adv_logits = _attack_all(spec, job.params, e, x, y, clean_logits, grads=job.grads, restarts=run.restarts,
-                                    chunks=chunks, progress=run.progress, active=active, **run.common())
+                                    chunks=chunks, progress=run.progress, active=active, threat_name=job.threat_name,
+                                    found_l0=found_l0, **run.common())
     x_adv, adv_logits = chunks.gather(x_adv), chunks.gather(adv_logits)
+    if found_l0 is not None:
+        found_l0 = chunks.gather(found_l0)
     seconds = chunks.wall(time.perf_counter() - t1)
     correct = adv_logits.argmax(1) == y
     cumulative = correct if key not in robust_masks else (robust_masks[key] & correct)
@@ -361,7 +402,7 @@ def _run_job(run: _Run, job: _Job) -> None:
     robust_before = robust_masks.get(key, clean_correct) if job.cascade else clean_correct
     linf = THREAT_MODELS["Linf"].distance(x_adv, x)
     l2 = THREAT_MODELS["L2"].distance(x_adv, x)
-    threat = spec.threat
+    threat = THREAT_MODELS[job.norm]
     bound = threat.distance(x_adv, x)
     # perturbation statistics over the samples this job attacked (a cascade stage: its survivors only)
     stat_mask = clean_correct if active is None else (clean_correct & active)
@@ -370,7 +411,7 @@ def _run_job(run: _Run, job: _Job) -> None:
     row = {
         "attack": job.label,
         "attack_kind": spec.name,
-        "norm": spec.norm,
+        "norm": job.norm,
         "eps": e,
         "surrogate": job.surrogate,
         "params": dict(job.params),
@@ -414,15 +455,24 @@ def _run_job(run: _Run, job: _Job) -> None:
         if run.keep_examples:
             run.examples_scores[name] = (run.clean_scores[clean_correct], adv_scores[success])
             run.examples_rejected[name] = rejected
-    if spec.norm == "L0":  # flipped events of the examples that broke a sample (over the attacked ones if none did)
-        l0 = bound[stat_mask & ~correct] if bool((stat_mask & ~correct).any()) else bound[stat_mask]
-        row.update({"l0_max": int(bound.max().item()), "l0_median": float(l0.median().item()) if len(l0) else 0.0})
+    if job.norm in EVENT_THREATS:  # flipped events of the examples that broke a sample (over the attacked ones if none did)
+        flips = THREAT_MODELS["L0"].distance(x_adv, x)  # the add-only distance is inf where an event was removed
+        l0 = flips[stat_mask & ~correct] if bool((stat_mask & ~correct).any()) else flips[stat_mask]
+        row.update({"l0_max": int(flips.max().item()), "l0_median": float(l0.median().item()) if len(l0) else 0.0})
+        if found_l0 is not None:  # over the samples it attacked: what it found, also beyond the budget (failures there)
+            f = found_l0[stat_mask]
+            f = f[torch.isfinite(f)]
+            row.update({"found_rate": len(f) / max(1, int(stat_mask.sum())),
+                        "found_l0_median": float(f.median().item()) if len(f) else None})
+        broke = clean_correct & ~correct
+        best = run.l0_broken.get(key, torch.full_like(flips, float("inf")))
+        run.l0_broken[key] = torch.where(broke, torch.minimum(best, flips), best)
     run.results.append(row)
     robust_masks[key] = cumulative
     if detector is not None:
         rm = run.rejection_masks
         rm[key] = defended_mask if key not in rm else (rm[key] & defended_mask)
-    if e == 0.0 and spec.norm == "Linf" and run.eps_zero_acc is None and active is None:
+    if e == 0.0 and (spec.norm == "Linf" or job.norm in EVENT_THREATS) and run.eps_zero_acc is None and active is None:
         run.eps_zero_acc = row["robust_accuracy"]
     if run.keep_examples:
         run.examples[name] = x_adv
@@ -456,6 +506,11 @@ def _summary(run: _Run, check_list: List[Dict[str, Any]], *, surrogate: Optional
         for (norm, e), mask in sorted(run.robust_masks.items(), key=lambda kv: (kv[0][0] != "Linf", kv[0][0], kv[0][1]))
     ]
     for w in worst_case:
+        l0 = run.l0_broken.get((w["norm"], w["eps"]))
+        if l0 is not None:  # flipped events of the smallest example that broke each broken sample
+            found = l0[torch.isfinite(l0)]
+            if len(found):
+                w.update({"l0_median": float(found.median().item()), "l0_max": int(found.max().item())})
         if (w["norm"], w["eps"]) in run.rejection_masks:
             w["robust_accuracy_with_rejection"] = fraction(run.rejection_masks[(w["norm"], w["eps"])])
     out: Dict[str, Any] = {
@@ -496,22 +551,32 @@ def _summary(run: _Run, check_list: List[Dict[str, Any]], *, surrogate: Optional
 def _jobs(specs: List[AttackSpec], suite: Optional[Suite], *, eps: List[float], eps_l2: List[float], grads: List[Optional[str]],
           eps_l0: Sequence[float] = (),
           surrogate: Optional[str], steps: Optional[int], queries: Optional[int], seed: int,
-          overrides: Sequence[Dict[str, Any]] = ()) -> List[_Job]:
+          overrides: Sequence[Dict[str, Any]] = (), event_threat: str = "L0") -> List[_Job]:
     """The attack jobs in run order: per attack (or suite stage), per budget.
 
     Gradient-free attacks run once, whatever the gradient choices. ``overrides`` (one per
     attack) are hyperparameters from ``name:key=value`` specs; they win over ``steps``/``queries``.
+    Event attacks run under ``event_threat`` (``add-only``: built with ``add_only = True``).
     """
     jobs: List[_Job] = []
     budgets = {"Linf": eps, "L2": eps_l2, "L0": list(eps_l0)}
+    add_only = event_threat == "add-only"
+
+    def under_threat(sp: AttackSpec, params: Dict[str, Any], own: Dict[str, Any]) -> Tuple[Dict[str, Any], Optional[str]]:
+        if sp.norm != "L0" or not add_only:
+            return params, None
+        if own.get("add_only") is False:
+            raise RobustSNNError(f"{sp.name}:add_only=false contradicts the add-only threat model; leave add_only out")
+        return {**params, "add_only": True}, event_threat
+
     if suite is None:
         for i, sp in enumerate(specs):
             g = (None,) if sp.gradient_free else tuple(grads)
             label = "model" if sp.gradient_free else (surrogate or "model")
             own = overrides[i] if i < len(overrides) else {}
-            params = {**attack_params(sp, steps=steps, queries=queries, seed=seed), **own}
+            params, threat_name = under_threat(sp, {**attack_params(sp, steps=steps, queries=queries, seed=seed), **own}, own)
             name = sp.name + (":" + ",".join(f"{k}={_spec_value(v)}" for k, v in own.items()) if own else "")
-            jobs += [_Job(sp, e, g, params, name, label, False) for e in budgets[sp.norm]]
+            jobs += [_Job(sp, e, g, params, name, label, False, threat_name) for e in budgets[sp.norm]]
         return jobs
     seen = set()
     for st, sp in zip(suite.stages, specs):
@@ -519,6 +584,7 @@ def _jobs(specs: List[AttackSpec], suite: Optional[Suite], *, eps: List[float], 
                                seed=seed if st.seed is None else seed + st.seed)
         if st.targets is not None:
             params["targets"] = st.targets
+        params, threat_name = under_threat(sp, params, {})
         if sp.gradient_free:
             g, label, name = (None,), "model", st.label
         elif st.gradient is not None:
@@ -531,7 +597,7 @@ def _jobs(specs: List[AttackSpec], suite: Optional[Suite], *, eps: List[float], 
             continue
         seen.add(key)
         first = not jobs
-        jobs += [_Job(sp, e, g, params, name, label, suite.cascade) for e in budgets[sp.norm]
+        jobs += [_Job(sp, e, g, params, name, label, suite.cascade, threat_name) for e in budgets[sp.norm]
                  if first or e > 0 or not suite.cascade]  # a zero budget breaks nothing: at eps 0 only the first stage runs
     return jobs
 
@@ -578,10 +644,14 @@ def _auroc(neg: torch.Tensor, pos: torch.Tensor) -> float:
 
 
 def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, x, y, clean_logits, *, model, attacked, judge,
-                grads, restarts, chunks: Chunks, reseed, n_classes, eot, device, progress, active=None) -> tuple:
+                grads, restarts, chunks: Chunks, reseed, n_classes, eot, device, progress, active=None,
+                threat_name: Optional[str] = None, found_l0: Optional[torch.Tensor] = None) -> tuple:
     """Adversarial examples for this rank's chunks of x (clean-misclassified inputs are left as they are).
 
     ``active``: attack only these samples (a cascade's survivors); the others keep ``x``.
+    ``threat_name``: the threat model a minimum-norm event attack's examples must lie in
+    (default: the spec's own). ``found_l0`` (``[n]``, inf): updated in place with the smallest
+    L0 a minimum-L0 attack found per sample (its ``last_l0``), also beyond the budget.
 
     Each chunk runs every surrogate and restart on its own still-robust samples, after
     reseeding for that chunk. Rows of other ranks' chunks keep ``x`` and the clean logits.
@@ -621,8 +691,16 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, x, y, clean_
                         raise RobustSNNError(
                             f"{spec.name} met non-finite input gradients through the gradient {g or 'of the model'} (NaN or "
                             "inf): its examples are meaningless; choose another --surrogate (or check the model's weights)")
+                    last = getattr(atk, "last_l0", None)
+                    if found_l0 is not None and isinstance(last, torch.Tensor) and len(last) == len(idx):
+                        last = last.float().cpu()
+                        # 0: the attacked model (a transfer source) already misclassifies it: nothing was found
+                        found_l0[idx] = torch.minimum(found_l0[idx], torch.where(last > 0, last, torch.inf))
                     if spec.minimum_norm:  # outside the budget: the attack failed
-                        too_far = (adv - xb).flatten(1).norm(dim=1) > e
+                        if spec.norm in ("Linf", "L2"):
+                            too_far = (adv - xb).flatten(1).norm(dim=1) > e
+                        else:  # events: flipped entries (add-only: inf where an event was removed)
+                            too_far = THREAT_MODELS[threat_name or spec.norm].distance(adv, xb) > e
                         adv[too_far] = xb[too_far]
                     with torch.no_grad():
                         lg = judge(adv).float().cpu()

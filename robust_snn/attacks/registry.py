@@ -10,6 +10,11 @@ subclass with a ``from_params`` classmethod as its builder, as :class:`~.cw.CW` 
 :class:`~.flip_greedy.GreedyFlip` have) plus its import and one :class:`AttackSpec` entry
 in :data:`ATTACKS`; an attack taken from torchattacks needs only its entry, with a
 builder function here.
+
+Event attacks (norm ``"L0"``) honour the threat model of the run: their builder reads
+``params.get("add_only", False)`` and, when true, only adds events (0 -> 1 entries);
+:func:`~robust_snn.attacks.evaluate` sets it under ``threat="add-only"``. Their defaults
+list ``add_only`` (``False``) so that ``name:add_only=true`` parses too.
 """
 from __future__ import annotations
 
@@ -30,6 +35,10 @@ from .consistency_pgd import ConsistencyPGD
 from .cw import CW
 from .flip_greedy import GreedyFlip
 from .flip_random import RandomFlip
+from .pga import PAPER as PGA_PAPER, PGA
+from .pga_prob import ProbPGA
+from .sda import SDA
+from .spikefool import SpikeFool
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,8 @@ class AttackSpec:
 
     Attributes:
         name: CLI name.
-        norm: the name of its threat model in :data:`robust_snn.threat.THREAT_MODELS` (``"Linf"``, ``"L2"``).
+        norm: the name of its threat model in :data:`robust_snn.threat.THREAT_MODELS` (``"Linf"``, ``"L2"``, or
+            ``"L0"`` for event attacks, which also run under ``"add-only"`` with ``params["add_only"]``).
         description: one line for ``robust-snn info``.
         defaults: default hyperparameters (shown by ``info``).
         build: ``(model, eps, params, n_classes, eot_samples) -> torchattacks.Attack`` (for
@@ -151,10 +161,21 @@ ATTACKS: Registry[AttackSpec] = Registry("attack", {
                    paper="https://arxiv.org/abs/1608.04644"),
         AttackSpec("deepfool", "L2", "DeepFool (minimum norm; success only within eps)", {"steps": 50, "overshoot": 0.02},
                    _deepfool, minimum_norm=True, paper="https://arxiv.org/abs/1511.04599"),
-        AttackSpec("flip-greedy", "L0", "event frames: greedy gradient-guided flips within an L0 budget (exact)", {"per_step": 5},
-                   GreedyFlip.from_params, paper="https://arxiv.org/abs/2503.03272"),
+        AttackSpec("pga", "L0", "event frames: projected gradient ascent on relaxed frames, rounded within an L0 budget (exact)",
+                   {"steps": 50, "alpha": 0.5, "seed": 0, "add_only": False}, PGA.from_params, paper=PGA_PAPER),
+        AttackSpec("pga-prob", "L0", "event frames: probabilistic PGA, best sampled binary frame within an L0 budget (exact)",
+                   {"steps": 25, "samples": 4, "alpha": 0.5, "seed": 0, "add_only": False}, ProbPGA.from_params, paper=PGA_PAPER),
+        AttackSpec("sda", "L0", "event frames: SDA, gradient-proposed flips confirmed by forward passes, then pruned (exact L0)",
+                   {"steps": 50, "candidates": 10, "max_candidates": 50, "seed": 0, "add_only": False},
+                   SDA.from_params, paper="https://arxiv.org/abs/2503.03272"),
+        AttackSpec("spikefool", "L0", "event frames: SpikeFool, DeepFool boundary + SparseFool flips rounded to binary "
+                   "(minimum L0; success only within the budget)",
+                   {"steps": 20, "lam": 3.0, "overshoot": 0.02, "deepfool_steps": 50, "prune": True, "add_only": False},
+                   SpikeFool.from_params, minimum_norm=True, paper="https://arxiv.org/abs/2110.02929"),
+        AttackSpec("flip-greedy", "L0", "event frames: greedy gradient-guided flips within an L0 budget (exact)",
+                   {"per_step": 5, "add_only": False}, GreedyFlip.from_params, paper="https://arxiv.org/abs/2503.03272"),
         AttackSpec("flip-random", "L0", "event frames: random flips within an L0 budget, gradient-free (masking check)",
-                   {"trials": 20, "seed": 0}, RandomFlip.from_params, gradient_free=True),
+                   {"trials": 20, "seed": 0, "add_only": False}, RandomFlip.from_params, gradient_free=True),
         AttackSpec("autoattack", "Linf", "AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square", {"seed": 0}, _autoattack,
                    paper="https://arxiv.org/abs/2003.01690"),
     ]
@@ -176,13 +197,19 @@ def parse_attack(text: str) -> Tuple[AttackSpec, Dict[str, Any]]:
     spec = get_spec(name)
     params = parse_params(name, raw, spec.build, spec=text, what="attack", allowed=dict(spec.defaults))
     for k, v in params.items():
-        if k in ("steps", "queries", "targets") and (not isinstance(v, int) or v < 1):
+        if k in ("steps", "queries", "targets", "samples", "trials", "per_step", "candidates", "max_candidates",
+                 "deepfool_steps") and (not isinstance(v, int) or v < 1):
             raise RobustSNNError(f"attack parameter {k} in {text!r} must be an integer >= 1, got {v}")
         if k == "seed" and v < 0:
             raise RobustSNNError(f"attack parameter seed in {text!r} must be >= 0, got {v}")
         if k != "seed" and isinstance(v, float) and not v > 0:
             raise RobustSNNError(f"attack parameter {k} in {text!r} must be positive, got {v:g}")
     return spec, params
+
+
+def event_attack_names() -> List[str]:
+    """The names of the event attacks (norm ``"L0"``), in registry order."""
+    return [name for name, spec in ATTACKS.items() if spec.norm == "L0"]
 
 
 def split_attack_list(text: str) -> List[str]:

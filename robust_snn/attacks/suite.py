@@ -67,8 +67,9 @@ class Suite:
 
 QUICK_WARNING = ("quick suite (FGSM + PGD-20 through the model's surrogate): a smoke test, NOT a robustness claim; "
                  "it overstates robustness by tens of points on the shipped models (use the default --suite standard)")
-EVENTS_WARNING = ("events suite (greedy and random event flips): NOT yet a robustness claim; the stronger event attacks "
-                  "(SpikeFool, PGA, SDA) are not in robust-snn yet, so the printed numbers are upper bounds")
+EVENTS_WARNING = ("events suite (greedy flips, SDA, PGA, probabilistic PGA, SpikeFool, random flips): NOT yet a robustness "
+                  "claim: event attacks are young and were chosen on small models only; treat the printed numbers as upper "
+                  "bounds")
 
 #: The wide fast-sigmoid surrogate: the single gradient that finds most adversarial examples
 #: on the shipped CSNNs (integer spike-count logits make narrow surrogates vanish).
@@ -106,11 +107,14 @@ SUITES: Registry[Suite] = Registry("suite", {
         ),
         Suite(
             "events",
-            (Stage("flip-greedy"), Stage("flip-random")),
+            (Stage("flip-greedy"), Stage("sda"), Stage("pga"), Stage("pga-prob"), Stage("spikefool"), Stage("flip-random")),
             cascade=True,
             claim=False,
-            description="for event models (L0 budgets, --budget): greedy gradient-guided event flips, then random flips on "
-                        "the survivors as the masking check; the default for models that take event tensors",
+            description="for event models (event budgets, --budget; --threat l0 or add-only): cascade of greedy "
+                        "gradient-guided flips (cheap, few flips), SDA (flips proposed by the gradient, confirmed by forward "
+                        "passes, pruned), PGA (50 steps), probabilistic PGA (25 steps x 4 samples) and SpikeFool (minimum "
+                        "L0), then gradient-free random flips on the survivors as the masking check; the default for models "
+                        "that take event tensors",
             warning=EVENTS_WARNING,
         ),
     ]

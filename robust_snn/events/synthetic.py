@@ -18,10 +18,8 @@ them like the real ones.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict
 
 import numpy as np
 
@@ -32,6 +30,8 @@ SENSOR = 34  # N-MNIST's sensor window (pixels)
 TRIANGLE = ((0.0, 6.0), (3.0, 0.0), (6.0, 6.0))
 SACCADE_MS = 100
 SPLIT_FOLDERS = {"train": "Train", "test": "Test"}
+#: file `make-nmnist` leaves in ``NMNIST/``: a synthetic training split may be tested on the synthetic test split
+SYNTHETIC_MARKER = "SYNTHETIC"
 
 
 @dataclass(frozen=True)
@@ -137,36 +137,28 @@ def encode_nmnist(events: Dict[str, np.ndarray]) -> bytes:
     return raw.tobytes()
 
 
-def make_nmnist(out: str | os.PathLike, *, split: str = "test", limit: Optional[int] = None, seed: int = 0,
-                data_dir: Optional[str] = None, sensor: SensorModel = SensorModel(), force: bool = False,
-                progress: bool = False) -> Tuple[Path, int]:
-    """Write synthetic N-MNIST ``.bin`` files for the MNIST ``split`` under ``out/NMNIST/<Train|Test>/<digit>/``.
+EVENT_DTYPE = np.dtype([("x", int), ("y", int), ("t", int), ("p", int)])
 
-    Args:
-        out: the root folder (tonic's ``save_to``).
-        split: ``train`` or ``test``.
-        limit: only the first ``limit`` digits.
-        seed: digit ``i`` uses seed ``seed * 1_000_003 + i``, so files are reproducible one by one.
-        data_dir: MNIST location (the bundled test split when absent).
-        force: overwrite existing files.
 
-    Returns:
-        ``(split folder, number of files written)``.
+def to_frames(events: Dict[str, np.ndarray] | np.ndarray, num_steps: int) -> np.ndarray:
+    """Binary frames ``[num_steps, 2, 34, 34]`` (bool): a bin is set where a pixel had an event of that polarity.
+
+    tonic's ``ToFrame`` with ``num_steps`` time bins over the sample's own time span, on a dict
+    from :func:`simulate` or a structured array from ``tonic.io.read_mnist_file``: the same
+    frames for a simulated digit as for its ``.bin`` file read back (the format is lossless).
     """
-    from ..data import load_split
-    from ..utils import atomic_path, claim_outputs, progress_bar
+    import tonic
 
-    if split not in SPLIT_FOLDERS:
-        raise RobustSNNError(f"unknown split {split!r}; use 'train' or 'test'")
-    x, y = load_split("mnist", split, data_dir=data_dir, limit=limit)
-    folder = Path(out) / "NMNIST" / SPLIT_FOLDERS[split]
-    claim_outputs(folder, [f"{d}/*.bin" for d in range(10)], force=force)
-    written = 0
-    for i in progress_bar(range(len(x)), enabled=progress, desc=f"synthetic N-MNIST {split}"):
-        label = int(y[i])
-        events = simulate(x[i, 0].numpy(), seed=seed * 1_000_003 + i, sensor=sensor)
-        path = folder / str(label) / f"{i:05d}.bin"
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(encode_nmnist(events))
-        written += 1
-    return folder, written
+    if isinstance(events, dict):
+        arr = np.empty(len(events["t"]), dtype=EVENT_DTYPE)
+        for k in ("x", "y", "t", "p"):
+            arr[k] = events[k]
+        events = arr
+    if not len(events):
+        return np.zeros((int(num_steps), 2, SENSOR, SENSOR), dtype=bool)
+    return tonic.transforms.ToFrame(sensor_size=(SENSOR, SENSOR, 2), n_time_bins=int(num_steps))(events) > 0
+
+
+def digit_seed(seed: int, index: int) -> int:
+    """The simulator seed of digit ``index`` of a split (as :func:`make_nmnist` names its files)."""
+    return seed * 1_000_003 + index

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from ..utils import versions, write_text_atomic
-from .results import GROUP, worst_case_rows
+from .results import GROUP, is_event_row, norm_of, worst_case_rows
 
 
 def _check_rows(row: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -16,7 +16,7 @@ def _check_rows(row: Dict[str, Any]) -> List[Dict[str, Any]]:
 
     spec = ATTACKS.get(row.get("attack_kind") or "", None)
     ok = str(row.get("within_bound")) not in ("False", "false")
-    return [{"attack": row["attack"], "surrogate": row["surrogate"], "norm": "Linf", "eps": row["eps"],
+    return [{"attack": row["attack"], "surrogate": row["surrogate"], "norm": norm_of(row), "eps": row["eps"],
              "robust_accuracy": row["robust_accuracy"], "iterative": bool(spec and spec.iterative),
              "gradient_free": bool(spec and spec.gradient_free), "minimum_norm": bool(spec and spec.minimum_norm),
              "within_bound": ok, "in_range": ok, "cascade": False, "n": row["n"]}]
@@ -52,6 +52,36 @@ def _pct(v: Any) -> str:
     return "" if v is None or v == "" else f"{100 * float(v):.1f}"
 
 
+def _num(v: Any) -> str:
+    return "" if v is None or v == "" else f"{float(v):g}"
+
+
+IMAGE_CHECKS = ("All passed (the checks and tolerances of `robust-snn attack`): eps 0 equals clean, perturbations within budget, "
+                "iterative attacks at least as strong as single-step ones, accuracy non-increasing in eps, and, where a gradient-free "
+                "attack ran (Square, also as a suite's last stage), no sign of gradient masking.")
+EVENT_CHECKS = ("All passed (the checks and tolerances of `robust-snn attack`): budget 0 equals clean, every example within its "
+                "event budget (counted exactly) and binary, accuracy non-increasing in the budget, and, where a gradient-free attack "
+                "ran (random flips, also as the events suite's last stage), no sign of gradient masking.")
+
+
+def _event_notes(rows: List[Dict[str, Any]]) -> List[str]:
+    """What event rows need said above their table: units, data source, and the warnings of suites that are no claim."""
+    from ..attacks.suite import SUITES
+
+    threats = ", ".join(dict.fromkeys(norm_of(r) for r in rows))
+    notes = [(f"Event models: a budget is a number of flipped events (threat model {threats}; L0: events added or removed, "
+              "add-only: events added, none removed). L0 median / max: over the broken samples, the flipped events of the "
+              "smallest example that broke each.")]
+    sources = dict.fromkeys(f"{ds}: {src}" for r in rows for ds, src in ((r.get("data") or {}).get("events") or {}).items())
+    if sources:
+        notes.append("Event data: " + "; ".join(sources) + ".")
+    for kind in dict.fromkeys(r.get("attack_kind") for r in rows):
+        suite = SUITES.get(kind, None) if isinstance(kind, str) else None
+        if suite is not None and not suite.claim and suite.warning:
+            notes.append(f"Warning: {suite.warning}.")
+    return notes
+
+
 def write_report(out: Path, spec: Any, rows: List[Dict[str, Any]], *, complete: bool) -> str:
     worst = worst_case_rows(rows)
     total_s = sum(float(r["seconds"]) for r in rows)
@@ -62,29 +92,57 @@ def write_report(out: Path, spec: Any, rows: List[Dict[str, Any]], *, complete: 
               f"{total_s / 60:.1f} min of attack time in total.", "",
               "Reproduce: `robust-snn sweep " + (str(spec.path) if spec.path else "SPEC.toml") + f" --out {out}`", ""]
     lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in versions().items()), ""]
-    lines += ["## Worst case over attacks (per sample)", "",
-              "| model | defense | surrogate | T | seed | eps | n | robust % | 95 % CI | with rejection % | attacks |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for w in sorted(worst, key=lambda w: (w["model"], w["defense"], w["surrogate"], w["num_steps"], w["seed"], w["eps"])):
-        lines.append(f"| {w['model']} | {w['defense']} | {w['surrogate']} | {w['num_steps']} | {w['seed']} | {w['eps']:g} | {w['n']} | "
-                     f"{_pct(w['robust_accuracy'])} | {_pct(w['ci_low'])}–{_pct(w['ci_high'])} | {_pct(w['robust_accuracy_with_rejection'])} | {w['attacks']} |")
-    lines += ["", "## All cells", "",
-              "| model | defense | attack | surrogate | T | eps | n | clean % | robust % | 95 % CI | detected % | w/ rejection % | s |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['defense']} | {r['attack']} | {r['surrogate']} | {r['num_steps']} | {r['eps']:g} | {r['n']} | "
-                     f"{_pct(r['clean_accuracy'])} | {_pct(r['robust_accuracy'])} | {_pct(r['ci_low'])}–{_pct(r['ci_high'])} | "
-                     f"{_pct(r.get('detection_rate'))} | {_pct(r.get('robust_accuracy_with_rejection'))} | {float(r['seconds']):.0f} |")
-    lines += ["", "## Plots", ""]
-    for name in ("accuracy_vs_eps.png", "accuracy_vs_T.png"):
+    image_rows = [r for r in rows if not is_event_row(r)]
+    event_rows = [r for r in rows if is_event_row(r)]
+
+    def order(w: Dict[str, Any]) -> tuple:
+        return (w["model"], w["defense"], w["surrogate"], w["num_steps"], w["seed"], w["eps"])
+
+    if image_rows or not event_rows:
+        lines += ["## Worst case over attacks (per sample)", "",
+                  "| model | defense | surrogate | T | seed | eps | n | robust % | 95 % CI | with rejection % | attacks |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for w in sorted((w for w in worst if not is_event_row(w)), key=order):
+            lines.append(f"| {w['model']} | {w['defense']} | {w['surrogate']} | {w['num_steps']} | {w['seed']} | {w['eps']:g} | {w['n']} | "
+                         f"{_pct(w['robust_accuracy'])} | {_pct(w['ci_low'])}–{_pct(w['ci_high'])} | {_pct(w['robust_accuracy_with_rejection'])} | {w['attacks']} |")
+        lines.append("")
+    if event_rows:
+        lines += ["## Worst case over event attacks (per sample)", ""]
+        for note in _event_notes(event_rows):
+            lines += [note, ""]
+        lines += ["| model | defense | surrogate | T | seed | threat | budget | n | robust % | 95 % CI | L0 median | L0 max | attacks |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for w in sorted((w for w in worst if is_event_row(w)), key=order):
+            lines.append(f"| {w['model']} | {w['defense']} | {w['surrogate']} | {w['num_steps']} | {w['seed']} | {norm_of(w)} | {w['eps']:g} | "
+                         f"{w['n']} | {_pct(w['robust_accuracy'])} | {_pct(w['ci_low'])}–{_pct(w['ci_high'])} | {_num(w.get('l0_median'))} | "
+                         f"{_num(w.get('l0_max'))} | {w['attacks']} |")
+        lines.append("")
+    if image_rows or not event_rows:
+        lines += ["## All cells", "",
+                  "| model | defense | attack | surrogate | T | eps | n | clean % | robust % | 95 % CI | detected % | w/ rejection % | s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in image_rows:
+            lines.append(f"| {r['model']} | {r['defense']} | {r['attack']} | {r['surrogate']} | {r['num_steps']} | {r['eps']:g} | {r['n']} | "
+                         f"{_pct(r['clean_accuracy'])} | {_pct(r['robust_accuracy'])} | {_pct(r['ci_low'])}–{_pct(r['ci_high'])} | "
+                         f"{_pct(r.get('detection_rate'))} | {_pct(r.get('robust_accuracy_with_rejection'))} | {float(r['seconds']):.0f} |")
+        lines.append("")
+    if event_rows:
+        lines += ["## All event cells", "",
+                  "| model | defense | attack | surrogate | T | threat | budget | n | clean % | robust % | 95 % CI | L0 median | L0 max | s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in event_rows:
+            lines.append(f"| {r['model']} | {r['defense']} | {r['attack']} | {r['surrogate']} | {r['num_steps']} | {norm_of(r)} | {r['eps']:g} | "
+                         f"{r['n']} | {_pct(r['clean_accuracy'])} | {_pct(r['robust_accuracy'])} | {_pct(r['ci_low'])}–{_pct(r['ci_high'])} | "
+                         f"{_num(r.get('l0_median'))} | {_num(r.get('l0_max'))} | {float(r['seconds']):.0f} |")
+        lines.append("")
+    lines += ["## Plots", ""]
+    for name in ("accuracy_vs_eps.png", "accuracy_vs_T.png", "accuracy_vs_budget.png", "accuracy_vs_T_events.png"):
         if (out / name).is_file():
             lines += [f"![{name}]({name})", ""]
     fails = sanity_checks(rows)
     lines += ["## Sanity checks", ""]
-    lines += ([f"- FAILED: {f}" for f in fails] if fails else [
-        "All passed (the checks and tolerances of `robust-snn attack`): eps 0 equals clean, perturbations within budget, "
-        "iterative attacks at least as strong as single-step ones, accuracy non-increasing in eps, and, where a gradient-free "
-        "attack ran (Square, also as a suite's last stage), no sign of gradient masking."])
+    passed = ([IMAGE_CHECKS] if image_rows or not event_rows else []) + ([EVENT_CHECKS] if event_rows else [])
+    lines += [f"- FAILED: {f}" for f in fails] if fails else [" ".join(passed)]
     lines += ["", "## Spec", "", "```toml", (Path(spec.path).read_text().rstrip() if spec.path else ""), "```", ""]
     path = out / "report.md"
     write_text_atomic(path, "\n".join(lines))

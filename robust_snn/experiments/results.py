@@ -29,6 +29,36 @@ COLUMNS = ["model", "defense", "detector", "adaptive", "attack", "attack_kind", 
 WORST_COLUMNS = ["model", "defense", "detector", "surrogate", "num_steps", "seed", "eps", "n", "robust_accuracy", "ci_low", "ci_high",
                  "robust_accuracy_with_rejection", "attacks"]
 GROUP = ("model", "defense", "surrogate", "num_steps", "seed")
+#: the norm of image rows (and of rows written before sweeps took event models, which have no ``norm``)
+IMAGE_NORM = "Linf"
+#: the columns event rows add to both tables: ``norm`` before ``eps`` (whose value is then the event budget), the L0 after ``ci_high``
+EVENT_COLUMNS = {"eps": ["norm"], "ci_high": ["l0_median", "l0_max"]}
+
+
+def norm_of(row: Dict[str, Any]) -> str:
+    """A row's threat model: ``"Linf"`` (image models) or ``"L0"``/``"add-only"`` (event models: ``eps`` is the event budget)."""
+    return row.get("norm") or IMAGE_NORM
+
+
+def is_event_row(row: Dict[str, Any]) -> bool:
+    return norm_of(row) != IMAGE_NORM
+
+
+def columns_for(rows: List[Dict[str, Any]], base: List[str]) -> List[str]:
+    """``base``, plus the event columns (``norm``, ``l0_median``, ``l0_max``) when any row is an event row.
+
+    An image-only sweep's tables keep exactly the columns they always had.
+    """
+    if not any(is_event_row(r) for r in rows):
+        return list(base)
+    out: List[str] = []
+    for c in base:
+        if c == "eps":
+            out += EVENT_COLUMNS["eps"]
+        out.append(c)
+        if c == "ci_high":
+            out += EVENT_COLUMNS["ci_high"]
+    return out
 
 
 
@@ -92,11 +122,21 @@ def _csv_text(rows: List[Dict[str, Any]], columns: List[str]) -> str:
     return buf.getvalue()
 
 
+def _lower_median(values: List[int]) -> float:
+    """The median as ``torch.median`` takes it (the lower middle value of an even count), as ``evaluate`` reports L0."""
+    v = sorted(values)
+    return float(v[(len(v) - 1) // 2])
+
+
 def worst_case_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Per (model, defense, surrogate, T, seed, eps): a sample is robust only if every attack failed on it."""
+    """Per (model, defense, surrogate, T, seed, norm, eps): a sample is robust only if every attack failed on it.
+
+    Event groups also get ``l0_median``/``l0_max``: over the broken samples, the flipped events
+    of the smallest example (of any attack) that broke each.
+    """
     groups: Dict[Tuple, List[Dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault(tuple(r[k] for k in GROUP) + (r["eps"],), []).append(r)
+        groups.setdefault(tuple(r[k] for k in GROUP) + (norm_of(r), r["eps"]), []).append(r)
     out = []
     for key, rs in groups.items():
         n = rs[0]["n"]
@@ -108,24 +148,29 @@ def worst_case_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 rej &= unpack_mask(r["defended_mask"], n)
         k = int(mask.sum())
         lo, hi = wilson_interval(k, n)
-        out.append({**{g: rs[0][g] for g in GROUP}, "detector": rs[0]["detector"], "eps": rs[0]["eps"], "n": n,
-                    "robust_accuracy": k / n, "ci_low": lo, "ci_high": hi,
-                    "robust_accuracy_with_rejection": (float(rej.mean()) if rej is not None else None),
-                    "attacks": " ".join(sorted({r["attack"] for r in rs}))})
+        w = {**{g: rs[0][g] for g in GROUP}, "detector": rs[0]["detector"], "norm": norm_of(rs[0]), "eps": rs[0]["eps"], "n": n,
+             "robust_accuracy": k / n, "ci_low": lo, "ci_high": hi,
+             "robust_accuracy_with_rejection": (float(rej.mean()) if rej is not None else None),
+             "attacks": " ".join(sorted({r["attack"] for r in rs}))}
+        if is_event_row(rs[0]):
+            per = [r["l0_broken"] for r in rs if r.get("l0_broken")]
+            found = [min(v for v in vs if v >= 0) for vs in zip(*per) if any(v >= 0 for v in vs)]
+            w.update({"l0_median": _lower_median(found) if found else None, "l0_max": max(found) if found else None})
+        out.append(w)
     return out
 
 
 def write_tables(out: Path, rows: List[Dict[str, Any]]) -> None:
     """Rewrite ``results.csv`` and ``worst_case.csv`` atomically from ``rows``."""
-    write_text_atomic(out / "results.csv", _csv_text(rows, COLUMNS))
-    write_text_atomic(out / "worst_case.csv", _csv_text(worst_case_rows(rows), WORST_COLUMNS))
+    write_text_atomic(out / "results.csv", _csv_text(rows, columns_for(rows, COLUMNS)))
+    write_text_atomic(out / "worst_case.csv", _csv_text(worst_case_rows(rows), columns_for(rows, WORST_COLUMNS)))
 
 
 #: what each results row must hold, and how to read it from a CSV cell
 ROW_FIELDS = {"model": str, "defense": str, "attack": str, "surrogate": str, "eps": float, "num_steps": int, "seed": int,
               "robust_accuracy": float, "ci_low": float, "ci_high": float}
 _OPTIONAL_FLOATS = ("clean_accuracy", "success_rate", "seconds", "detection_rate", "robust_accuracy_with_rejection",
-                    "clean_rejection_rate")
+                    "clean_rejection_rate", "l0_median", "l0_max")
 _OPTIONAL_INTS = ("n",)
 
 
@@ -158,6 +203,13 @@ def check_row(row: Any, where: str, fields: Dict[str, type] = ROW_FIELDS) -> Dic
     for keys, cast in ((_OPTIONAL_FLOATS, float), (_OPTIONAL_INTS, int)):
         for k in keys:
             out[k] = None if row.get(k) in (None, "") else _typed(row[k], cast, where, k)
+    norm = row.get("norm")
+    if norm not in (None, ""):
+        from ..threat import THREAT_MODELS
+
+        if not isinstance(norm, str) or norm not in THREAT_MODELS:
+            raise RobustSNNError(f"{where}: column norm must name a threat model ({', '.join(THREAT_MODELS)}), got {norm!r}")
+    out["norm"] = norm or IMAGE_NORM
     return out
 
 

@@ -4,8 +4,14 @@ Files in the output folder:
 
 * ``results.jsonl`` — one JSON object per finished cell (with per-sample masks), appended and fsynced;
 * ``results.csv`` — the same rows without masks (rewritten atomically after each cell);
-* ``worst_case.csv`` — per (model, defense, surrogate, T, seed, eps): the per-sample worst case over attacks;
-* ``accuracy_vs_eps.png/.svg`` (and ``accuracy_vs_T.png/.svg`` when T varies), ``report.md``, ``spec.toml``.
+* ``worst_case.csv`` — per (model, defense, surrogate, T, seed, norm, eps): the per-sample worst case over attacks;
+* ``accuracy_vs_eps.png/.svg`` (image models), ``accuracy_vs_budget.png/.svg`` (event models; and
+  ``accuracy_vs_T.png/.svg``, ``accuracy_vs_T_events.png/.svg`` when T varies), ``report.md``, ``spec.toml``.
+
+A row's ``eps`` is its budget in its ``norm``'s units: L∞ on the [0, 1] scale for image models
+(``norm`` ``"Linf"``), flipped events for event models (``norm`` ``"L0"`` or ``"add-only"``,
+the spec's ``threat``), whose rows also carry ``l0_median``/``l0_max`` (flipped events of the
+smallest example that broke each broken sample) and ``l0_broken`` (that count per sample, -1: not broken).
 
 Killed at any point (SIGKILL included) and rerun, the runner drops a torn last
 line, skips finished cells and ends with every cell exactly once.
@@ -17,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
 
 from .. import distributed
 from ..errors import RobustSNNError
@@ -34,7 +41,11 @@ def _attack_params_label(a: AttackEntry) -> str:
 
 
 def cells(spec: ExperimentSpec) -> List[Dict[str, Any]]:
-    """All cells in run order; each has a unique ``key``."""
+    """All cells in run order; each has a unique ``key``.
+
+    An attack or defense runs on the models of its kind only (image or event); an event
+    model's cells take the budget grid (``norm``: the spec's threat model), an image model's the eps grid.
+    """
     from ..attacks.registry import ATTACKS
 
     def needs_detector(kind: str) -> bool:
@@ -43,16 +54,25 @@ def cells(spec: ExperimentSpec) -> List[Dict[str, Any]]:
     out = []
     for m in spec.models:
         for d in spec.defenses:
+            if not d.fits(m):
+                continue  # an image defense on an event model or the other way round
             for t in spec.num_steps:
                 for seed in spec.seeds:
                     for s in spec.surrogates:
                         for a in spec.attacks:
+                            if a.events != m.events:
+                                continue  # event attacks on event models, image attacks on image models
                             if needs_detector(a.kind) and (d.detector is None or not d.adaptive):
                                 continue  # an attack on the detector needs an adaptive detector defense
-                            for e in (a.eps if a.eps is not None else spec.eps):
-                                key = "|".join([m.name, d.name, a.name, _attack_params_label(a), s or "model", f"{e:g}",
+                            if a.events:
+                                norm, grid = spec.threat, (a.budget if a.budget is not None else spec.budget)
+                            else:
+                                norm, grid = "Linf", (a.eps if a.eps is not None else spec.eps)
+                            for e in grid:
+                                budget = f"{e:g}" if norm == "Linf" else f"{norm}:{e:g}"  # image keys as before
+                                key = "|".join([m.name, d.name, a.name, _attack_params_label(a), s or "model", budget,
                                                 str(t or "model"), str(seed)])
-                                out.append({"model": m, "defense": d, "attack": a, "surrogate": s, "eps": float(e),
+                                out.append({"model": m, "defense": d, "attack": a, "surrogate": s, "eps": float(e), "norm": norm,
                                             "num_steps": t, "seed": seed, "key": key})
     return out
 
@@ -81,14 +101,16 @@ class _Context:
         from ..defenses.registry import calibration_split
 
         ds = self.spec.dataset or model.config["dataset"]
-        k = (ds, with_calibration)
+        events = bool(getattr(model, "events", False))
+        t = int(model.num_steps) if events else None  # event frames are binned into the model's T
+        k = (ds, with_calibration, t)
         if k not in self._data:
             if with_calibration:
                 x, y, calib, _ = calibration_split(model, ds, n=self.spec.calibration_size, split=self.spec.split,
                                                    limit=self.spec.limit, data_dir=self.data_dir)
                 self._data[k] = (x, y, calib)
             else:
-                x, y = load_split(ds, self.spec.split, data_dir=self.data_dir, limit=self.spec.limit)
+                x, y = load_split(ds, self.spec.split, data_dir=self.data_dir, limit=self.spec.limit, num_steps=t)
                 self._data[k] = (x, y, None)
         return self._data[k]
 
@@ -106,9 +128,48 @@ class _Context:
         return model, self._defended[k], x, y
 
 
-def data_fingerprint(spec: ExperimentSpec) -> Dict[str, Any]:
-    """What a row's numbers depend on beyond its key: the evaluation data and the detector calibration size."""
-    return {"dataset": spec.dataset, "split": spec.split, "limit": spec.limit, "calibration_size": spec.calibration_size}
+def data_fingerprint(spec: ExperimentSpec, *, data_dir: Optional[str] = None) -> Dict[str, Any]:
+    """What a row's numbers depend on beyond its key: the evaluation data and the detector calibration size.
+
+    With event models, also where their events come from (N-MNIST files under ``data_dir``
+    or the synthetic split generated offline): rows of the other source are rerun, not mixed.
+    """
+    fp: Dict[str, Any] = {"dataset": spec.dataset, "split": spec.split, "limit": spec.limit, "calibration_size": spec.calibration_size}
+    if spec.has_events:
+        from ..data import data_source
+
+        sets = dict.fromkeys(spec.dataset or m.dataset or "nmnist" for m in spec.models if m.events)
+        fp["events"] = {ds: data_source(ds, spec.split, data_dir=data_dir) for ds in sets}
+    return fp
+
+
+def _l0_broken(res: Any, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per sample: flipped events of the smallest example of this cell that broke it (inf: none did).
+
+    The same per-sample minimum as :func:`robust_snn.attacks.evaluate` keeps for its worst case
+    (``l0_median``/``l0_max``), over every row (attack or suite stage) of ``norm``.
+    """
+    from ..attacks.result import result_key
+    from ..threat import THREAT_MODELS
+
+    clean_correct = res["clean_predictions"].cpu() == y
+    best = torch.full((len(y),), float("inf"))
+    for r in res["results"]:
+        if r["norm"] != norm:
+            continue
+        name = result_key(r["attack"], r["eps"])
+        flips = THREAT_MODELS["L0"].distance(res["examples"][name].cpu(), x)  # add-only: L0 counts the added events
+        broke = clean_correct & (res["example_predictions"][name].cpu() != y)
+        best = torch.where(broke, torch.minimum(best, flips), best)
+    return best
+
+
+def l0_summary(l0: torch.Tensor) -> Dict[str, Any]:
+    """``l0_median``/``l0_max`` of the finite entries (as :func:`robust_snn.attacks.evaluate` gives them; ``None``: none broken)."""
+    found = l0[torch.isfinite(l0)]
+    if not len(found):
+        return {"l0_median": None, "l0_max": None}
+    return {"l0_median": float(found.median().item()), "l0_max": int(found.max().item())}
 
 
 def run_cell(ctx: _Context, cell: Dict[str, Any], *, progress: bool = False) -> Dict[str, Any]:
@@ -120,21 +181,24 @@ def run_cell(ctx: _Context, cell: Dict[str, Any], *, progress: bool = False) -> 
     from ..attacks.suite import SUITES
 
     is_suite = a.attack in SUITES
+    norm = cell.get("norm", "Linf")
+    events = norm != "Linf"
+    budgets: Dict[str, Any] = {"eps_l0": [cell["eps"]], "threat": norm} if events else {"eps": [cell["eps"]]}
     t0 = time.perf_counter()
-    res = evaluate(target, x, y, attacks=None if is_suite else [a.attack], suite=a.attack if is_suite else None, eps=[cell["eps"]],
+    res = evaluate(target, x, y, attacks=None if is_suite else [a.attack], suite=a.attack if is_suite else None, **budgets,
                    steps=a.steps, queries=a.queries, restarts=a.restarts, surrogate=cell["surrogate"],
                    eot_samples=ctx.spec.eot_samples, samples=ctx.spec.samples, batch_size=ctx.spec.batch_size, seed=cell["seed"],
                    checks=False, progress=progress, keep_examples=True, source_model=None if d.adaptive else model,
                    adaptive_detector_attack=False)
     w = res["worst_case"][0]
-    correct = res.worst_mask(cell["eps"])
+    correct = res.worst_mask(cell["eps"], norm)
     n = len(y)
     k = int(correct.sum())
     lo, hi = wilson_interval(k, n)
     rs = res["results"]
     row = {
         "model": m.name, "defense": d.name, "detector": d.detector or "", "adaptive": d.adaptive, "attack": a.name,
-        "attack_kind": a.kind, "surrogate": cell["surrogate"] or "model", "eps": cell["eps"],
+        "attack_kind": a.kind, "surrogate": cell["surrogate"] or "model", "norm": norm, "eps": cell["eps"],
         "num_steps": int(model.num_steps), "seed": cell["seed"], "n": n, "clean_accuracy": res["clean_accuracy"],
         "robust_accuracy": k / n, "ci_low": lo, "ci_high": hi,
         "success_rate": ((res["clean_predictions"] == y) & ~correct).sum().item() / max(1, int((res["clean_predictions"] == y).sum())),
@@ -146,6 +210,10 @@ def run_cell(ctx: _Context, cell: Dict[str, Any], *, progress: bool = False) -> 
         "check_rows": [{k2: r[k2] for k2 in _CHECK_KEYS if k2 in r} for r in rs],
         "seconds": time.perf_counter() - t0, "key": cell["key"], "robust_mask": pack_mask(correct),
     }
+    if events:  # flipped events of the smallest example that broke each sample (its worst case over the cell's attacks)
+        l0 = _l0_broken(res, x.cpu(), y.cpu(), norm)
+        row.update(l0_summary(l0))
+        row["l0_broken"] = [int(v) if v != float("inf") else -1 for v in l0.tolist()]
     if d.detector is not None:
         row["defended_mask"] = pack_mask(res.worst_mask(cell["eps"], defended=True))
     return row
@@ -173,7 +241,7 @@ def run_sweep(spec: ExperimentSpec, out_dir: str | Path, *, resume: bool = True,
     out = Path(out_dir)
     jsonl = out / "results.jsonl"
     all_cells = cells(spec)
-    fp = data_fingerprint(spec)
+    fp = data_fingerprint(spec, data_dir=data_dir)
     keys = {c["key"] for c in all_cells}
     rows: List[Dict[str, Any]] = []
     problem = None
@@ -208,7 +276,8 @@ def run_sweep(spec: ExperimentSpec, out_dir: str | Path, *, resume: bool = True,
         if max_cells is not None and new >= max_cells:
             break
         if hasattr(bar, "set_postfix"):
-            bar.set_postfix(model=cell["model"].name, defense=cell["defense"].name, attack=cell["attack"].name, eps=f"{cell['eps']:g}")
+            bar.set_postfix(model=cell["model"].name, defense=cell["defense"].name, attack=cell["attack"].name,
+                            **{"eps" if cell["norm"] == "Linf" else "budget": f"{cell['eps']:g}"})
         row = {**run_cell(ctx, cell, progress=False), "data": fp}
         new += 1
         if dd.is_main:

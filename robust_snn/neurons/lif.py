@@ -13,25 +13,11 @@ import snntorch as snn
 import torch
 
 from ..surrogates import make_spike_fn
+from . import triton_lif
+from .buffers import _empty_seq, _like
 from .base import SpikingNeuron, State, reset_signal
 
 _RESET_CODE = {"subtract": 0, "zero": 1, "none": 2}
-
-
-def _empty_seq(num_steps: int, like: torch.Tensor) -> torch.Tensor:
-    """Uninitialized ``[T, *like.shape]`` buffer whose time slices have ``like``'s layout (channels-last kept)."""
-    if like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
-        flat = torch.empty((num_steps * like.shape[0], *like.shape[1:]), dtype=like.dtype, device=like.device,
-                           memory_format=torch.channels_last)
-        return flat.view(num_steps, *like.shape)
-    return torch.empty((num_steps, *like.shape), dtype=like.dtype, device=like.device)
-
-
-def _like(g: Optional[torch.Tensor], seq: torch.Tensor) -> Optional[torch.Tensor]:
-    """``g`` with the memory layout of ``seq`` (``[T, B, ...]``), copied only if it differs."""
-    if g is None or g.stride() == seq.stride():
-        return g
-    return _empty_seq(seq.shape[0], seq[0]).copy_(g)
 
 
 def _fast_lif_forward(cur: torch.Tensor, num_steps: int, static: bool, beta: float, thr: float,
@@ -210,7 +196,9 @@ class LIF(SpikingNeuron):
         if self.fused and not (beta.requires_grad or thr.requires_grad):
             T = int(num_steps) if static else cur_seq.shape[0]
             keep_mem = self.record or (torch.is_grad_enabled() and cur_seq.requires_grad)
-            spk_seq, mem_seq = _FusedLIF.apply(cur_seq, beta, thr, reset, spike_fn, T, static, keep_mem)
+            on_gpu = triton_lif.enabled_for(cur_seq, elements=cur_seq.numel() * (T if static else 1))
+            kernel = triton_lif.TritonLIF if on_gpu else _FusedLIF  # one launch per layer on CUDA
+            spk_seq, mem_seq = kernel.apply(cur_seq, beta, thr, reset, spike_fn, T, static, keep_mem)
         else:  # plain autograd through :meth:`step`: the reference path
             return super().simulate(cur_seq, spike_fn, num_steps)
         return spk_seq, (mem_seq if self.record else None)

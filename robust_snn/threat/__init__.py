@@ -9,16 +9,19 @@ through the object. One file per threat model; a new one is its file (a subclass
 from __future__ import annotations
 
 from ..registry import Registry
+from .add_only import AddOnlyEvents
 from .base import ImageThreatModel, ThreatModel
 from .l0 import L0Events
 from .l2 import L2Images
 from .linf import LinfImages
 
-#: threat models by name (``AttackSpec.norm``, the ``norm`` of result rows)
+#: threat models by name (``AttackSpec.norm``, the ``norm`` of result rows; ``add-only`` is the norm of event
+#: attacks' rows under ``evaluate(..., threat="add-only")``)
 THREAT_MODELS: Registry[ThreatModel] = Registry("threat model", {t.name: t for t in (
     LinfImages(),
     L2Images(),
     L0Events(),
+    AddOnlyEvents(),
 )})
 
 
@@ -27,4 +30,4 @@ def get_threat_model(name: str) -> ThreatModel:
     return THREAT_MODELS.get(name)
 
 
-__all__ = ["THREAT_MODELS", "ImageThreatModel", "L0Events", "L2Images", "LinfImages", "ThreatModel", "get_threat_model"]
+__all__ = ["THREAT_MODELS", "AddOnlyEvents", "ImageThreatModel", "L0Events", "L2Images", "LinfImages", "ThreatModel", "get_threat_model"]
