@@ -24,6 +24,7 @@ from ..threat import THREAT_MODELS
 from .checks import TOL_BOUND, check_convergence, check_model, check_results
 from .eot import EOT
 from .guard import GradGuard
+from .losses import margins
 from .result import EvaluationResult, result_key
 from .registry import AttackSpec, attack_params, build_attack, event_attack_names, get_spec, parse_attack
 from .suite import Suite, default_suite, get_suite
@@ -38,14 +39,6 @@ DEFAULT_EPS_L0 = (10.0,)
 #: the threat models an event attack can run under (``evaluate(..., threat=...)``, ``attack --threat``): every event
 #: attack is built for the norm ``L0``; under ``add-only`` it gets ``params["add_only"] = True`` and its rows that norm
 EVENT_THREATS = ("L0", "add-only")
-
-
-def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``logit[y] - max_{k != y} logit[k]``; negative means misclassified for sure."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.clone()
-    other.scatter_(1, y[:, None], float("-inf"))
-    return true - other.max(1).values
 
 
 def _surrogates(surrogate: Optional[str]) -> List[Optional[str]]:

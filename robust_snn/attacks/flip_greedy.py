@@ -4,8 +4,9 @@ from __future__ import annotations
 from typing import Any, Dict
 
 import torch
-import torch.nn.functional as F
 import torchattacks
+
+from .losses import margins
 
 
 class GreedyFlip(torchattacks.attack.Attack):
@@ -51,10 +52,7 @@ class GreedyFlip(torchattacks.attack.Attack):
         while True:
             adv.requires_grad_(True)
             logits = self.get_logits(adv)
-            k = logits.shape[1]
-            true = logits.gather(1, y[:, None]).squeeze(1)
-            other = logits.masked_fill(F.one_hot(y, k).bool(), float("-inf")).max(1).values
-            (g,) = torch.autograd.grad((true - other).sum(), adv)
+            (g,) = torch.autograd.grad(margins(logits, y).sum(), adv)
             adv = adv.detach()
             left = (~flipped).sum(1)
             active = (logits.detach().argmax(1) == y) & (used < self.budget) & (left > 0)

@@ -10,17 +10,11 @@ from __future__ import annotations
 from typing import Any, Callable, Dict
 
 import torch
-import torch.nn.functional as F
 import torchattacks
 
+from .losses import margins
+
 PAPER = "https://arxiv.org/abs/2110.02929"
-
-
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``logit[y] - max_{k != y} logit[k]`` per sample (negative: misclassified), ``[B]``."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).max(1).values
-    return true - other
 
 
 def project_capped(v: torch.Tensor, budget: int, allowed: torch.Tensor, iters: int = 40) -> torch.Tensor:
@@ -72,7 +66,7 @@ class BestFlips:
     def __init__(self, x: torch.Tensor, clean_logits: torch.Tensor, y: torch.Tensor) -> None:
         self.x = x
         self.adv = x.clone()
-        self.margin = margin(clean_logits, y)
+        self.margin = margins(clean_logits, y)
         self.flips = torch.full((len(x),), x[0].numel() + 1, dtype=torch.long, device=x.device)
         self.fooled = clean_logits.argmax(1) != y  # already misclassified: left as they are
         self.score = torch.zeros(x.flatten(1).shape, dtype=x.dtype, device=x.device)
@@ -83,7 +77,7 @@ class BestFlips:
         A candidate fools the model when its prediction (``argmax``, as evaluation judges) is not ``y``.
         """
         flipped = (cand != self.x[rows]).flatten(1)
-        flips, m, wrong = flipped.sum(1), margin(logits, y), logits.argmax(1) != y
+        flips, m, wrong = flipped.sum(1), margins(logits, y), logits.argmax(1) != y
         better = torch.where(self.fooled[rows], wrong & (flips < self.flips[rows]), wrong | (m < self.margin[rows]))
         sel = rows[better]
         self.adv[sel] = cand[better]
@@ -195,7 +189,7 @@ class PGA(torchattacks.attack.Attack):
             with torch.enable_grad():
                 cand.requires_grad_(True)
                 logits = self.get_logits(cand)
-                (g,) = torch.autograd.grad(margin(logits, y[rows]).sum(), cand)
+                (g,) = torch.autograd.grad(margins(logits, y[rows]).sum(), cand)
             cand = cand.detach()
             # ascent on -margin: d grows where flipping lowers the margin (straight-through: gradient at the rounded frames)
             gd = (-g.flatten(1) * sign[rows]).masked_fill(~allowed[rows], 0.0)

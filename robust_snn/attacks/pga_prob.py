@@ -6,7 +6,8 @@ from typing import Any, Dict
 import torch
 import torchattacks
 
-from .pga import flip_top, margin, project_capped, relaxed_finish, relaxed_start
+from .losses import margins
+from .pga import flip_top, project_capped, relaxed_finish, relaxed_start
 
 
 class ProbPGA(torchattacks.attack.Attack):
@@ -85,7 +86,7 @@ class ProbPGA(torchattacks.attack.Attack):
                 with torch.enable_grad():
                     cand.requires_grad_(True)
                     logits = self.get_logits(cand)
-                    (g,) = torch.autograd.grad(margin(logits, y[rows]).sum(), cand)
+                    (g,) = torch.autograd.grad(margins(logits, y[rows]).sum(), cand)
                 cand = cand.detach()
                 # straight-through: d(frame)/d(p) is the flip's direction, +1 (0 -> 1) or -1 (1 -> 0)
                 gj = (-g.flatten(1) * (1 - 2 * flat[rows])).masked_fill(~allowed[rows], 0.0)

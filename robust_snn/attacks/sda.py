@@ -6,11 +6,7 @@ from typing import Any, Dict
 import torch
 import torchattacks
 
-
-def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """CW margin ``z_y - max_{k != y} z_k`` per row (negative: misclassified)."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    return true - logits.scatter(1, y[:, None], float("-inf")).max(1).values
+from .losses import margins
 
 
 class SDA(torchattacks.attack.Attack):
@@ -97,7 +93,7 @@ class SDA(torchattacks.attack.Attack):
             trial = a[j // k].clone()
             rows = torch.arange(len(j), device=a.device)
             trial[rows, flat[j]] = 1 - trial[rows, flat[j]]
-            out.append(_margin(self.get_logits(trial.view(-1, *shape)), y[j // k]))
+            out.append(margins(self.get_logits(trial.view(-1, *shape)), y[j // k]))
         return torch.cat(out).view(b, k)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -121,7 +117,7 @@ class SDA(torchattacks.attack.Attack):
                 break
             a = adv[idx].clone().view(len(idx), *shape).requires_grad_(True)
             logits = self.get_logits(a)
-            m = _margin(logits, y[idx])
+            m = margins(logits, y[idx])
             (g,) = torch.autograd.grad(m.sum(), a)
             a, g, m = a.detach().flatten(1), g.flatten(1), m.detach()
             fooled = logits.detach().argmax(1) != y[idx]
