@@ -13,7 +13,7 @@ from .utils import atomic_path
 def json_ready(result: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
     """The JSON-serializable part of :func:`robust_snn.attacks.evaluate`'s result."""
     skip = {"examples", "example_predictions", "clean_predictions", "clean_logits", "detector_scores", "example_rejected",
-            "worst_case_masks", "worst_case_defended_masks"}
+            "worst_case_masks", "worst_case_defended_masks", "worst_case_l0"}
     return {**extra, **{k: v for k, v in result.items() if k not in skip}}
 
 

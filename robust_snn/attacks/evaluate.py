@@ -41,6 +41,14 @@ DEFAULT_EPS_L0 = (10.0,)
 EVENT_THREATS = ("L0", "add-only")
 
 
+def l0_stats(l0: torch.Tensor) -> Dict[str, Any]:
+    """``l0_median``/``l0_max`` of the finite entries of a per-sample L0 (``None`` for both when none is finite)."""
+    found = l0[torch.isfinite(l0)]
+    if not len(found):
+        return {"l0_median": None, "l0_max": None}
+    return {"l0_median": float(found.median().item()), "l0_max": int(found.max().item())}
+
+
 def _surrogates(surrogate: Optional[str]) -> List[Optional[str]]:
     if surrogate is None:
         return [None]
@@ -500,10 +508,8 @@ def _summary(run: _Run, check_list: List[Dict[str, Any]], *, surrogate: Optional
     ]
     for w in worst_case:
         l0 = run.l0_broken.get((w["norm"], w["eps"]))
-        if l0 is not None:  # flipped events of the smallest example that broke each broken sample
-            found = l0[torch.isfinite(l0)]
-            if len(found):
-                w.update({"l0_median": float(found.median().item()), "l0_max": int(found.max().item())})
+        if l0 is not None and bool(torch.isfinite(l0).any()):  # flipped events of the smallest example that broke each sample
+            w.update(l0_stats(l0))
         if (w["norm"], w["eps"]) in run.rejection_masks:
             w["robust_accuracy_with_rejection"] = fraction(run.rejection_masks[(w["norm"], w["eps"])])
     out: Dict[str, Any] = {
@@ -525,6 +531,8 @@ def _summary(run: _Run, check_list: List[Dict[str, Any]], *, surrogate: Optional
         "clean_logits": run.clean_logits,
         "worst_case_masks": {result_key(norm, e): mask for (norm, e), mask in run.robust_masks.items()},
         "worst_case_defended_masks": {result_key(norm, e): mask for (norm, e), mask in run.rejection_masks.items()},
+        # event budgets: per sample, the flipped events of the smallest example that broke it (inf: none did)
+        "worst_case_l0": {result_key(norm, e): l0 for (norm, e), l0 in run.l0_broken.items()},
         "adaptive": run.source_model is None,
     }
     detector = run.detector

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch
 
 from .. import distributed
 from ..errors import RobustSNNError
@@ -143,35 +142,6 @@ def data_fingerprint(spec: ExperimentSpec, *, data_dir: Optional[str] = None) ->
     return fp
 
 
-def _l0_broken(res: Any, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
-    """Per sample: flipped events of the smallest example of this cell that broke it (inf: none did).
-
-    The same per-sample minimum as :func:`robust_snn.attacks.evaluate` keeps for its worst case
-    (``l0_median``/``l0_max``), over every row (attack or suite stage) of ``norm``.
-    """
-    from ..attacks.result import result_key
-    from ..threat import THREAT_MODELS
-
-    clean_correct = res["clean_predictions"].cpu() == y
-    best = torch.full((len(y),), float("inf"))
-    for r in res["results"]:
-        if r["norm"] != norm:
-            continue
-        name = result_key(r["attack"], r["eps"])
-        flips = THREAT_MODELS["L0"].distance(res["examples"][name].cpu(), x)  # add-only: L0 counts the added events
-        broke = clean_correct & (res["example_predictions"][name].cpu() != y)
-        best = torch.where(broke, torch.minimum(best, flips), best)
-    return best
-
-
-def l0_summary(l0: torch.Tensor) -> Dict[str, Any]:
-    """``l0_median``/``l0_max`` of the finite entries (as :func:`robust_snn.attacks.evaluate` gives them; ``None``: none broken)."""
-    found = l0[torch.isfinite(l0)]
-    if not len(found):
-        return {"l0_median": None, "l0_max": None}
-    return {"l0_median": float(found.median().item()), "l0_max": int(found.max().item())}
-
-
 def run_cell(ctx: _Context, cell: Dict[str, Any], *, progress: bool = False) -> Dict[str, Any]:
     """Evaluate one cell and return its row."""
     from ..attacks import evaluate
@@ -211,8 +181,11 @@ def run_cell(ctx: _Context, cell: Dict[str, Any], *, progress: bool = False) -> 
         "seconds": time.perf_counter() - t0, "key": cell["key"], "robust_mask": pack_mask(correct),
     }
     if events:  # flipped events of the smallest example that broke each sample (its worst case over the cell's attacks)
-        l0 = _l0_broken(res, x.cpu(), y.cpu(), norm)
-        row.update(l0_summary(l0))
+        from ..attacks.evaluate import l0_stats
+        from ..attacks.result import result_key
+
+        l0 = res["worst_case_l0"][result_key(norm, cell["eps"])]
+        row.update(l0_stats(l0))
         row["l0_broken"] = [int(v) if v != float("inf") else -1 for v in l0.tolist()]
     if d.detector is not None:
         row["defended_mask"] = pack_mask(res.worst_mask(cell["eps"], defended=True))
