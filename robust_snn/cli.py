@@ -133,12 +133,23 @@ def main(ctx: click.Context, verbose: int) -> None:
 @click.option("--limit", type=int, default=None, help="Use only the first N training images.")
 @click.option("--test-limit", type=int, default=None, help="Evaluate on only the first N test images.")
 @click.option("--augment-shift", type=int, default=0, show_default=True, help="Random translation of up to N pixels (augmentation).")
-@click.option("--adv", default="none", show_default=True, help="Adversarial training: none, fgsm-rs, pgd or trades.")
+@click.option("--adv", default="none", show_default=True, help="Adversarial training: none, fgsm-rs, pgd (Madry et al.), trades "
+              "or mart.")
 @click.option("--adv-eps", type=float, default=0.3, show_default=True, help="L-inf radius of adversarial training (pixel scale).")
-@click.option("--adv-steps", type=int, default=7, show_default=True, help="Attack steps for pgd and trades.")
+@click.option("--adv-steps", type=int, default=7, show_default=True, help="Attack steps for pgd, trades and mart.")
+@click.option("--adv-attack", default="pgd", show_default=True, help="Inner maximizer: pgd (fixed step) or apgd (APGD, the "
+              "standard suite's first attack: adaptive step, best-loss iterate).")
+@click.option("--adv-gradients", default=None, help="Craft each batch through a gradient drawn from this family, e.g. "
+              "model,fast_sigmoid:slope=5,atan,rate (model: the training surrogate; default: only the training surrogate).")
 @click.option("--adv-alpha", type=float, default=None, help="Attack step size (default: 1.25 eps for fgsm-rs, 2.5 eps / steps otherwise).")
 @click.option("--adv-warmup", type=int, default=0, show_default=True, help="Epochs over which eps ramps up linearly.")
-@click.option("--trades-beta", type=float, default=6.0, show_default=True, help="TRADES robustness weight.")
+@click.option("--trades-beta", type=float, default=6.0, show_default=True, help="TRADES and MART robustness weight.")
+@click.option("--val-attack-samples", type=int, default=500, show_default=True,
+              help="Adversarial training: validation images attacked every epoch with the validation suite.")
+@click.option("--val-attack-steps", type=int, default=50, show_default=True,
+              help="Adversarial training: APGD steps of each validation-suite stage.")
+@click.option("--keep", default="best", show_default=True, help="Adversarial training with a validation split: keep the "
+              "epoch with the best validated robust accuracy (best) or the last epoch (last).")
 @click.option("--noise-sigma", type=float, default=0.0, show_default=True, help="Gaussian noise augmentation (for randomized smoothing).")
 @click.option("--lr-scaling", default="none", show_default=True,
               help="Under torchrun: scale --lr with the number of processes: none, linear or sqrt.")
@@ -153,7 +164,8 @@ def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, o
           threshold: float,
           reset_mechanism: str, surrogate: str, dropout: Optional[float], channels: Optional[str], hidden: Optional[str],
           readout: str, seed: int, val_split: float, limit: Optional[int], test_limit: Optional[int], augment_shift: int, adv: str,
-          adv_eps: float, adv_steps: int, adv_alpha: Optional[float], adv_warmup: int, trades_beta: float, noise_sigma: float,
+          adv_eps: float, adv_steps: int, adv_attack: str, adv_gradients: Optional[str], adv_alpha: Optional[float],
+          adv_warmup: int, trades_beta: float, val_attack_samples: int, val_attack_steps: int, keep: str, noise_sigma: float,
           lr_scaling: str, resume: bool, force: bool, quiet: bool, data_dir: Optional[str], device: str, test_only: bool) -> None:
     """Train a spiking classifier and write a checkpoint with logs and curves.
 
@@ -173,6 +185,8 @@ def train(arch: str, dataset: str, epochs: int, num_steps: int, encoding: str, o
         scheduler=scheduler, loss=loss, seed=seed, val_split=val_split, limit=limit, test_limit=test_limit,
         augment_shift=augment_shift, adv=adv, adv_eps=adv_eps, adv_steps=adv_steps, adv_alpha=adv_alpha,
         adv_warmup=adv_warmup, trades_beta=trades_beta, noise_sigma=noise_sigma, lr_scaling=lr_scaling,
+        adv_attack=adv_attack.strip().lower(), adv_gradients=adv_gradients, val_attack_samples=val_attack_samples,
+        val_attack_steps=val_attack_steps, keep=keep.strip().lower(),
     )
     if test_only:
         from .training import evaluate_trained

@@ -46,8 +46,9 @@ def training_curves_figure(history: List[Dict[str, float]]) -> Figure:
     ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], marker="o", label="train")
     if any(h.get("val_accuracy") is not None for h in history):
         ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], marker="o", label="validation")
-    if any(h.get("val_pgd_accuracy") is not None for h in history):
-        ax_acc.plot(epochs, [100 * h["val_pgd_accuracy"] for h in history], marker="o", label="validation, PGD-10")
+    for key, label in (("val_robust_accuracy", "validation, validation suite"), ("val_pgd_accuracy", "validation, PGD-10")):
+        if any(h.get(key) is not None for h in history):  # val_pgd_accuracy: logs written before the validation suite
+            ax_acc.plot(epochs, [float("nan") if h.get(key) is None else 100 * h[key] for h in history], marker="o", label=label)
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.legend()

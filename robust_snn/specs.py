@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import RobustSNNError
 
@@ -28,6 +28,23 @@ def split_spec(text: str, *, what: str) -> Tuple[str, Dict[str, str]]:
             raise RobustSNNError(f"bad {what} parameter {item!r} in {text!r}; expected key=value")
         raw[k.strip()] = v.strip()
     return name.strip().lower(), raw
+
+
+def split_spec_list(text: str) -> List[str]:
+    """``"fgsm,pgd:steps=50,step_scale=2,apgd"`` -> ``["fgsm", "pgd:steps=50,step_scale=2", "apgd"]``.
+
+    A comma separates specs, except before ``key=value`` (a parameter of the spec before it); used for
+    attack lists and gradient lists alike.
+    """
+    out: List[str] = []
+    for part in (t.strip() for t in str(text).split(",")):
+        if not part:
+            continue
+        if "=" in part and ":" not in part and out:
+            out[-1] += "," + part
+        else:
+            out.append(part)
+    return out
 
 
 def parse_value(value: str, *, key: str, spec: str, what: str,

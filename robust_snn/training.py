@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
+from .attacks.evaluate import evaluate
 from .checkpoint import load_file, save_checkpoint
-from .defenses.adversarial import craft, trades_loss, validate_adv, warmup_eps
+from .defenses.adversarial import craft, mart_loss, parse_gradients, trades_loss, validate_adv, warmup_eps
 from .data import data_source, dataset_info, load_split, split_validation
 from .errors import RobustSNNError
 from .evaluation import evaluate_clean
@@ -32,6 +33,8 @@ SCHEDULERS = ("cosine", "step", "none")
 #: mse: spike counts regressed on 80 % / 20 % of T (snnTorch's mse_count_loss)
 LOSSES = ("ce", "mse", "count")
 LR_SCALINGS = ("none", "linear", "sqrt")
+#: which epoch's weights an adversarially trained checkpoint keeps: the best by validated robust accuracy, or the last
+KEEP = ("best", "last")
 
 
 @dataclass
@@ -59,6 +62,11 @@ class TrainSettings:
     trades_beta: float = 6.0
     noise_sigma: float = 0.0
     lr_scaling: str = "none"
+    adv_attack: str = "pgd"
+    adv_gradients: Optional[str] = None
+    val_attack_samples: int = 500
+    val_attack_steps: int = 50
+    keep: str = "best"
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -86,13 +94,24 @@ class TrainSettings:
             raise RobustSNNError(f"unknown --lr-scaling {self.lr_scaling!r}; choose one of: {', '.join(LR_SCALINGS)}")
         if self.loss not in LOSSES:
             raise RobustSNNError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
-        validate_adv(self.adv, self.adv_eps, self.adv_steps, self.adv_alpha, self.trades_beta)
+        validate_adv(self.adv, self.adv_eps, self.adv_steps, self.adv_alpha, self.trades_beta, attack=self.adv_attack,
+                     gradients=self.adv_gradients)
+        if self.adv == "none":
+            for opt, bad in (("--adv-attack", self.adv_attack != "pgd"), ("--adv-gradients", self.adv_gradients is not None)):
+                if bad:
+                    raise RobustSNNError(f"{opt} applies to adversarial training; add --adv pgd, trades or mart")
+        if self.val_attack_samples < 1:
+            raise RobustSNNError(f"--val-attack-samples must be >= 1, got {self.val_attack_samples}")
+        if self.val_attack_steps < 1:
+            raise RobustSNNError(f"--val-attack-steps must be >= 1, got {self.val_attack_steps}")
+        if self.keep not in KEEP:
+            raise RobustSNNError(f"unknown --keep {self.keep!r}; choose one of: {', '.join(KEEP)}")
         if self.adv_warmup < 0 or self.adv_warmup > self.epochs:
             raise RobustSNNError(f"--adv-warmup must be between 0 and --epochs ({self.epochs}), got {self.adv_warmup}")
         if not 0 <= self.noise_sigma <= 1:
             raise RobustSNNError(f"--noise-sigma must be in [0, 1], got {self.noise_sigma}")
-        if self.adv == "trades" and self.loss not in ("ce", "count"):
-            raise RobustSNNError("--adv trades needs --loss ce")
+        if self.adv in ("trades", "mart") and self.loss not in ("ce", "count"):
+            raise RobustSNNError(f"--adv {self.adv} needs --loss ce")
 
 
 def spike_loss(logits: torch.Tensor, y: torch.Tensor, *, kind: str, num_steps: int) -> torch.Tensor:
@@ -304,6 +323,7 @@ def train(
         run.train_seconds += row["seconds"]
         if val is not None:
             row.update(_validate(run))
+            _track_best(run, row)
         run.history.append(row)
         _log_epoch(run, row)
         if dd.is_main:
@@ -339,6 +359,8 @@ class _Loop:
     sp: Path
     history: List[Dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
+    #: the kept epoch so far (``--keep best``): ``{"epoch", "score", "model"}`` or ``None``
+    best: Optional[Dict[str, Any]] = None
 
 
 def _resume(run: _Loop) -> int:
@@ -366,6 +388,7 @@ def _resume(run: _Loop) -> int:
         run.history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
         run.train_seconds = float(state.get("train_seconds", 0.0))
+        run.best = state.get("best")
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError):
         raise RobustSNNError(f"--resume: {sp} is damaged (its weights or optimizer state do not fit this model); "
                              f"delete it and rerun without --resume to start over") from None
@@ -373,19 +396,23 @@ def _resume(run: _Loop) -> int:
     return start_epoch
 
 
-def _batch_loss(run: _Loop, xb: torch.Tensor, yb: torch.Tensor, *, epoch: int, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(logits, loss)`` of one batch: plain, or on examples crafted against the current model (PGD-AT, FGSM-RS, TRADES)."""
+def _batch_loss(run: _Loop, xb: torch.Tensor, yb: torch.Tensor, *, epoch: int, i: int, gradient: Optional[str] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, loss)`` of one batch: plain, or on examples crafted against the current model (PGD-AT, FGSM-RS, TRADES,
+    MART) through ``gradient`` (``None``: the model's own surrogate)."""
     s, net, model = run.settings, run.net, run.model
     if s.adv == "none":
         logits = net(xb)
         return logits, spike_loss(logits, yb, kind=s.loss, num_steps=model.num_steps)
     e = warmup_eps(s.adv_eps, step=(epoch - 1) * run.steps_per_epoch + i, warmup_steps=s.adv_warmup * run.steps_per_epoch)
     alpha = None if s.adv_alpha is None else s.adv_alpha * e / s.adv_eps
-    x_adv = craft(model, xb.clamp(0, 1), yb, method=s.adv, eps=e, steps=s.adv_steps, alpha=alpha)
-    if s.adv == "trades":
+    x_adv = craft(model, xb.clamp(0, 1), yb, method=s.adv, eps=e, steps=s.adv_steps, alpha=alpha, attack=s.adv_attack,
+                  gradient=gradient)
+    if s.adv in ("trades", "mart"):
         logits_clean = net(xb)
         logits = net(x_adv)
-        return logits, trades_loss(logits_clean, logits, yb, beta=s.trades_beta)
+        objective = trades_loss if s.adv == "trades" else mart_loss
+        return logits, objective(logits_clean, logits, yb, beta=s.trades_beta)
     logits = net(x_adv)
     return logits, spike_loss(logits, yb, kind=s.loss, num_steps=model.num_steps)
 
@@ -401,6 +428,9 @@ def _train_epoch(run: _Loop, epoch: int, *, progress: bool) -> Dict[str, Any]:
     order = shard_epoch(torch.randperm(len(run.x_tr), generator=gen), dd.rank, dd.world)  # same permutation on every rank
     if dd.rank > 0:
         gen = torch.Generator().manual_seed(rank_seed)
+    # the crafting gradient of each batch, drawn from the family (its own stream: shifts and starts stay as without one)
+    family = parse_gradients(s.adv_gradients)
+    grad_gen = torch.Generator().manual_seed(rank_seed + GRADIENT_SEED_OFFSET)
     run.net.train()
     tot_loss = tot_correct = tot_n = 0.0
     t0 = time.perf_counter()
@@ -413,7 +443,8 @@ def _train_epoch(run: _Loop, epoch: int, *, progress: bool) -> Dict[str, Any]:
             xb, yb = xb.to(dev), run.y_tr[idx].to(dev)
             if s.noise_sigma > 0:  # Gaussian augmentation for randomized smoothing (Cohen et al. 2019)
                 xb = xb + s.noise_sigma * torch.randn_like(xb)
-            logits, loss = _batch_loss(run, xb, yb, epoch=epoch, i=i)
+            gradient = family[int(torch.randint(len(family), (1,), generator=grad_gen))] if len(family) > 1 else family[0]
+            logits, loss = _batch_loss(run, xb, yb, epoch=epoch, i=i, gradient=gradient)
             run.opt.zero_grad(set_to_none=True)
             loss.backward()
             run.opt.step()
@@ -431,7 +462,7 @@ def _train_epoch(run: _Loop, epoch: int, *, progress: bool) -> Dict[str, Any]:
         "train_accuracy": tot_correct / tot_n,
         "val_loss": None,
         "val_accuracy": None,
-        "val_pgd_accuracy": None,
+        "val_robust_accuracy": None,
         "lr": run.opt.param_groups[0]["lr"],
         "seconds": epoch_seconds,
         "img_per_s": tot_n / epoch_seconds,
@@ -439,7 +470,8 @@ def _train_epoch(run: _Loop, epoch: int, *, progress: bool) -> Dict[str, Any]:
 
 
 def _validate(run: _Loop) -> Dict[str, Any]:
-    """Loss and accuracy on the held-out split (sharded over ranks), and PGD-10 accuracy for adversarial training."""
+    """Loss and accuracy on the held-out split (sharded over ranks), and for adversarial training the robust accuracy
+    under the ``validation`` suite (the standard suite's first stages) on up to ``val_attack_samples`` of its images."""
     model, val, dd, dev, s = run.model, run.val, run.dd, run.dev, run.settings
     model.eval()
     mine = torch.arange(dd.rank, len(val[0]), dd.world)  # validation sharded over ranks, sums gathered
@@ -452,8 +484,18 @@ def _validate(run: _Loop) -> Dict[str, Any]:
     vl, vc = distributed.sum_floats([vl, vc])
     row: Dict[str, Any] = {"val_loss": vl / len(val[0]), "val_accuracy": vc / len(val[0])}
     if s.adv != "none":
-        row["val_pgd_accuracy"] = _val_pgd_accuracy(model, val, s.adv_eps, dev)
+        row["val_robust_accuracy"] = _val_robust_accuracy(model, val, s, dev)
     return row
+
+
+def _track_best(run: _Loop, row: Dict[str, Any]) -> None:
+    """``--keep best``: remember this epoch's weights if its validated robust accuracy (then clean accuracy) is the best."""
+    if run.settings.keep != "best" or row.get("val_robust_accuracy") is None:
+        return
+    score = [row["val_robust_accuracy"], row["val_accuracy"]]
+    if run.best is None or score > run.best["score"]:
+        run.best = {"epoch": row["epoch"], "score": score,
+                    "model": {k: v.detach().clone() for k, v in run.model.state_dict().items()}}
 
 
 def _log_epoch(run: _Loop, row: Dict[str, Any]) -> None:
@@ -464,7 +506,8 @@ def _log_epoch(run: _Loop, row: Dict[str, Any]) -> None:
         "epoch %d: loss %.4f, train acc %.2f%%%s, %.0f img/s",
         row["epoch"], row["train_loss"], 100 * row["train_accuracy"],
         ("" if row["val_accuracy"] is None else f", val acc {100 * row['val_accuracy']:.2f}%")
-        + ("" if row["val_pgd_accuracy"] is None else f", val PGD-10 acc {100 * row['val_pgd_accuracy']:.2f}%"),
+        + ("" if row["val_robust_accuracy"] is None else
+           f", val robust acc {100 * row['val_robust_accuracy']:.2f}% (validation suite)"),
         row["img_per_s"],
     )
 
@@ -481,6 +524,7 @@ def _save_state(run: _Loop, epoch: int) -> None:
         "epoch": epoch,
         "train_seconds": run.train_seconds,
         "world_size": run.dd.world,
+        "best": run.best,
     }
     with atomic_path(run.sp) as tmp:
         torch.save(state, tmp)
@@ -489,6 +533,11 @@ def _save_state(run: _Loop, epoch: int) -> None:
 def _finish(run: _Loop, *, data_dir: Optional[str], command: Optional[str], progress: bool) -> Tuple[SpikingClassifier, Dict[str, Any]]:
     """Rank 0 tests the model and writes the checkpoint (the training state goes); every rank gets the metrics."""
     model, s, dd, history = run.model, run.settings, run.dd, run.history
+    if run.best is not None:  # --keep best: the epoch with the best validated robust accuracy
+        model.load_state_dict(run.best["model"])
+        log.info("keeping epoch %d (validation-suite robust accuracy %.2f%%, the best of %d epochs)",
+                 run.best["epoch"], 100 * run.best["score"][0], len(history))
+    selected = run.best["epoch"] if run.best is not None else (history[-1]["epoch"] if history else None)
     model.eval()
     if not dd.is_main:  # rank 0 tests and writes the checkpoint; the others wait and get its metrics
         result = distributed.broadcast_object(None)
@@ -500,7 +549,9 @@ def _finish(run: _Loop, *, data_dir: Optional[str], command: Optional[str], prog
         "test_n": test["n"],
         "test_split": "test",
         "test_data": data_source(s.dataset, "test", data_dir=data_dir),
-        "val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "val_accuracy": next((h["val_accuracy"] for h in history if h["epoch"] == selected), None),
+        "val_robust_accuracy": next((h.get("val_robust_accuracy") for h in history if h["epoch"] == selected), None),
+        "selected_epoch": selected,
         "train_img_per_s": (sum(h["img_per_s"] for h in history) / len(history)) if history else None,
         "eval_img_per_s": test["img_per_s"],
         "firing_rates": test["firing_rates"],
@@ -546,29 +597,27 @@ def evaluate_trained(out: str | Path, settings: TrainSettings, *, data_dir: Opti
             "firing_rates": test["firing_rates"]}
 
 
-VAL_PGD_SAMPLES = 1000
 #: rank ``r`` > 0 offsets its training seeds by ``r * RANK_SEED_STRIDE`` (rank 0 draws what one process draws)
 RANK_SEED_STRIDE = 7919
+#: the per-batch draw of the crafting gradient uses its own generator, seeded ``rank seed + this``
+GRADIENT_SEED_OFFSET = 104729
 
 
-def _val_pgd_accuracy(model: SpikingClassifier, val: Tuple[torch.Tensor, torch.Tensor], eps: float, dev: torch.device) -> float:
-    """PGD-10 accuracy (random start, alpha 2.5 eps / 10) on up to the first 1000 validation images (sharded over ranks)."""
-    dd = distributed.info()
-    x, y = val[0][:VAL_PGD_SAMPLES], val[1][:VAL_PGD_SAMPLES]
-    correct = 0.0
-    for idx in torch.arange(dd.rank, len(x), dd.world).split(500):
-        xb, yb = x[idx].to(dev), y[idx].to(dev)
-        x_adv = craft(model, xb, yb, method="pgd", eps=eps, steps=10)
-        with torch.inference_mode():
-            correct += (model(x_adv).argmax(1) == yb).sum().item()
-    return distributed.sum_floats([correct])[0] / len(x)
+def _val_robust_accuracy(model: SpikingClassifier, val: Tuple[torch.Tensor, torch.Tensor], s: TrainSettings,
+                         dev: torch.device) -> float:
+    """Worst case of the ``validation`` suite (the standard suite's first APGD-CE stages, ``val_attack_steps`` steps)
+    at ``adv_eps`` on the first ``val_attack_samples`` validation images (sharded over ranks by ``evaluate``)."""
+    x, y = val[0][: s.val_attack_samples].to(dev), val[1][: s.val_attack_samples].to(dev)
+    res = evaluate(model, x, y, suite="validation", eps=[s.adv_eps], steps=s.val_attack_steps, checks=False, seed=s.seed)
+    return float(res["worst_case"][0]["robust_accuracy"])
 
 
 def _write_logs(out: Path, history: List[Dict[str, Any]]) -> None:
     log_json, log_csv, curves = log_paths(out)
     write_json_atomic(log_json, history)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[0].keys()))
+    # every key of every row: a run resumed from a state written by an older version has rows with other keys
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for h in history for k in h)), restval="")
     writer.writeheader()
     writer.writerows(history)
     write_text_atomic(log_csv, buf.getvalue())

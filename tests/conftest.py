@@ -86,3 +86,28 @@ def scnn_checkpoint(synthetic_nmnist, tmp_path_factory):
                                     "--device", "cpu"])
     assert res.exit_code == 0, res.output
     return out
+
+
+@pytest.fixture()
+def interrupt_training(monkeypatch):
+    """``interrupt_training(epoch)``: the next ``train`` run stops with ``KeyboardInterrupt`` at the start of ``epoch``
+    (epochs are dealt once each); ``interrupt_training(None)`` lets training run normally again."""
+    import robust_snn.training as training
+
+    real = training.shard_epoch
+
+    def arm(epoch):
+        if epoch is None:
+            monkeypatch.setattr(training, "shard_epoch", real)
+            return
+        calls = {"n": 0}
+
+        def flaky(perm, rank, world):
+            calls["n"] += 1
+            if calls["n"] == epoch:
+                raise KeyboardInterrupt
+            return real(perm, rank, world)
+
+        monkeypatch.setattr(training, "shard_epoch", flaky)
+
+    return arm

@@ -80,6 +80,21 @@ def test_torchrun_training_on_real_mnist_writes_one_loadable_checkpoint(tmp_path
     assert abs(acc - model.checkpoint_metrics["test_accuracy"]) < 1e-6
 
 
+def test_torchrun_adversarial_training_validates_on_every_rank_and_keeps_one_epoch(tmp_path, data_dir):
+    """TRADES with APGD crafting through a gradient family under DDP: the validation suite is sharded by ``evaluate``
+    and every rank gets the same verdict, so rank 0 writes the epoch every rank chose."""
+    out = tmp_path / "ddp-at.pt"
+    _torchrun(["-v", "train", "--out", str(out), "--epochs", "2", "--limit", "800", "--val-split", "0.25", "--channels", "4,8",
+               "--hidden", "16", "--num-steps", "3", "--batch-size", "50", "--lr", "1e-2", "--adv", "trades",
+               "--adv-attack", "apgd", "--adv-steps", "2", "--adv-eps", "0.1", "--adv-gradients", "model,fast_sigmoid:slope=5",
+               "--val-attack-samples", "60", "--val-attack-steps", "2", "--test-limit", "100", "--quiet"], data_dir)
+    meta = torch.load(out, weights_only=True)
+    history = json.loads(out.with_name("ddp-at.log.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and all(0 <= h["val_robust_accuracy"] <= 1 for h in history)
+    best = max(history, key=lambda h: (h["val_robust_accuracy"], h["val_accuracy"]))
+    assert meta["metrics"]["selected_epoch"] == best["epoch"] and meta["recipe"]["world_size"] == 2
+
+
 def test_torchrun_training_resumes_after_sigkill(tmp_path, data_dir):
     out = tmp_path / "r.pt"
     args = ["train", "--out", str(out), "--epochs", "3", "--limit", "4000", "--channels", "4,8", "--hidden", "32",

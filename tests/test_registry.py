@@ -74,7 +74,7 @@ def test_every_name_table_is_a_registry():
     (lambda: parse_detector_spec("lid"), "unknown detector 'lid'; choose from: tcc"),
     (lambda: make_neuron("izhikevich"), "unknown neuron 'izhikevich'; choose from: lif, alif, synaptic"),
     (lambda: get_threat_model("L1"), "unknown threat model 'L1'; choose from: Linf, L2, L0"),
-    (lambda: get_suite("Strong"), "unknown suite 'Strong'; choose from: standard, quick"),
+    (lambda: get_suite("Strong"), "unknown suite 'Strong'; choose from: standard, validation, quick"),
 ])
 def test_unknown_names_give_the_registry_error(lookup, message):
     with pytest.raises(RobustSNNError) as e:

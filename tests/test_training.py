@@ -34,25 +34,14 @@ def test_same_seed_same_weights(tmp_path, data_dir):
         assert torch.equal(v1, v2), k
 
 
-def test_resume_after_interruption_gives_identical_weights(tmp_path, data_dir, monkeypatch):
-    import robust_snn.training as training
-
+def test_resume_after_interruption_gives_identical_weights(tmp_path, data_dir, interrupt_training):
     ref, _ = train(TINY, _settings(), out=tmp_path / "ref.pt", data_dir=str(data_dir), device="cpu", progress=False)
-    real = training.shard_epoch
-    calls = {"n": 0}
-
-    def flaky(perm, rank, world):  # dealt once per epoch: interrupt at the start of epoch 2
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(perm, rank, world)
-
-    monkeypatch.setattr(training, "shard_epoch", flaky)
+    interrupt_training(2)
     out = tmp_path / "run.pt"
     with pytest.raises(KeyboardInterrupt):
         train(TINY, _settings(), out=out, data_dir=str(data_dir), device="cpu", progress=False)
     assert state_path(out).is_file() and not out.exists()
-    monkeypatch.setattr(training, "shard_epoch", real)
+    interrupt_training(None)
     resumed, metrics = train(TINY, _settings(), out=out, data_dir=str(data_dir), device="cpu", resume=True, progress=False)
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     for (k, v1), v2 in zip(ref.state_dict().items(), resumed.state_dict().values()):
@@ -86,3 +75,18 @@ def test_random_shift_moves_content_within_bounds():
     pos = torch.nonzero(out[:, 0])[:, 1:]
     assert (pos - 4).abs().max() == 2 and len({tuple(p) for p in pos.tolist()}) > 5
     assert torch.equal(random_shift(x, 0, generator=torch.Generator()), x)
+
+
+def test_logs_of_a_run_resumed_across_versions_keep_every_column(tmp_path):
+    """A state written by an older version logged ``val_pgd_accuracy``; rows after the resume log ``val_robust_accuracy``."""
+    import csv
+
+    from robust_snn.training import _write_logs, log_paths
+
+    old = {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.9, "val_loss": 0.4, "val_accuracy": 0.9, "val_pgd_accuracy": 0.7}
+    new = {"epoch": 2, "train_loss": 0.4, "train_accuracy": 0.92, "val_loss": 0.3, "val_accuracy": 0.93,
+           "val_robust_accuracy": 0.6}
+    _write_logs(tmp_path / "m.pt", [old, new])
+    rows = list(csv.DictReader(log_paths(tmp_path / "m.pt")[1].open()))
+    assert [r["val_pgd_accuracy"] for r in rows] == ["0.7", ""] and [r["val_robust_accuracy"] for r in rows] == ["", "0.6"]
+    assert log_paths(tmp_path / "m.pt")[2].stat().st_size > 0  # the curves figure draws both

@@ -27,7 +27,7 @@ import torchattacks
 from ..errors import RobustSNNError
 from ..pgd import PGD_STEP_SCALE, pgd_alpha
 from ..registry import Registry
-from ..specs import parse_params, split_spec
+from ..specs import split_spec_list as split_attack_list, parse_params, split_spec
 from ..threat import ThreatModel, get_threat_model
 from .apgd import APGD
 from .apgdt import APGDT
@@ -210,22 +210,6 @@ def parse_attack(text: str) -> Tuple[AttackSpec, Dict[str, Any]]:
 def event_attack_names() -> List[str]:
     """The names of the event attacks (norm ``"L0"``), in registry order."""
     return [name for name, spec in ATTACKS.items() if spec.norm == "L0"]
-
-
-def split_attack_list(text: str) -> List[str]:
-    """``"fgsm,pgd:steps=50,step_scale=2,apgd"`` -> ``["fgsm", "pgd:steps=50,step_scale=2", "apgd"]``.
-
-    A comma separates attacks, except before ``key=value`` (a parameter of the attack before it).
-    """
-    out: List[str] = []
-    for part in (t.strip() for t in text.split(",")):
-        if not part:
-            continue
-        if "=" in part and ":" not in part and out:
-            out[-1] += "," + part
-        else:
-            out.append(part)
-    return out
 
 
 def attack_params(spec: AttackSpec, *, steps: Optional[int] = None, queries: Optional[int] = None, seed: Optional[int] = None) -> Dict[str, Any]:

@@ -75,27 +75,43 @@ EVENTS_WARNING = ("events suite (greedy flips, SDA, PGA, probabilistic PGA, Spik
 #: on the shipped CSNNs (integer spike-count logits make narrow surrogates vanish).
 WIDE = "fast_sigmoid:slope=5"
 
+STANDARD_STAGES: Tuple[Stage, ...] = (
+    Stage("apgd", WIDE),
+    Stage("apgd"),  # the model's own (training) surrogate, or --surrogate
+    Stage("apgd", "fast_sigmoid:slope=10"),
+    Stage("apgd", "atan"),
+    Stage("apgd", "assg"),
+    Stage("apgd-dlr", WIDE),
+    Stage("apgdt", WIDE, targets=3),
+    Stage("square", None, queries=1000),
+)
+#: how many of the standard suite's first stages the ``validation`` suite keeps (the three that break most)
+VALIDATION_STAGES = 3
+VALIDATION_WARNING = ("validation suite (the standard suite's first three APGD-CE stages): a fast screen for model "
+                      "selection, NOT a robustness claim; report the standard suite")
+
 SUITES: Registry[Suite] = Registry("suite", {
     s.name: s
     for s in [
         Suite(
             "standard",
-            (
-                Stage("apgd", WIDE),
-                Stage("apgd"),  # the model's own (training) surrogate, or --surrogate
-                Stage("apgd", "fast_sigmoid:slope=10"),
-                Stage("apgd", "atan"),
-                Stage("apgd", "assg"),
-                Stage("apgd-dlr", WIDE),
-                Stage("apgdt", WIDE, targets=3),
-                Stage("square", None, queries=1000),
-            ),
+            STANDARD_STAGES,
             cascade=True,
             claim=True,
             description="cascade of APGD-CE through five gradients (wide fast sigmoid, the model's own surrogate, fast "
                         "sigmoid slope 10, atan, the adaptive-sharpness ASSG), APGD-DLR and targeted APGD-DLR (top 3 "
                         "classes) through the wide fast sigmoid, then gradient-free Square (1,000 queries) on the survivors "
                         "as the masking check",
+        ),
+        Suite(
+            "validation",
+            STANDARD_STAGES[:VALIDATION_STAGES],
+            cascade=True,
+            claim=False,
+            description="the standard suite's first three stages (APGD-CE through the wide fast sigmoid, the model's own "
+                        "surrogate and fast sigmoid slope 10): what adversarial training validates every epoch with to keep "
+                        "the best epoch; a fast screen, not a robustness claim",
+            warning=VALIDATION_WARNING,
         ),
         Suite(
             "quick",

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Adversarial-training recipes compared in checkpoints/README.md (csnn 32/64/256, T = 8, L∞ eps 0.3), resumable:
+# rerun this script as often as needed (on a 2-core CPU one recipe takes hours); each run continues from its
+# .state.pt sidecar after the last finished epoch, and finished recipes are skipped.
+#
+#   bash scripts/train_at_recipes.sh [OUT_DIR] [RECIPE ...]     (default OUT_DIR runs/at, every recipe)
+#
+# Then evaluate each with the full standard suite on the first 1,000 test images:
+#   robust-snn attack --checkpoint OUT_DIR/NAME.pt --eps 0.3 --json > OUT_DIR/NAME.attack.json
+set -euo pipefail
+out_dir=${1:-runs/at}
+shift || true
+mkdir -p "$out_dir"
+
+common=(--model csnn --channels 32,64 --hidden 256 --dataset mnist --num-steps 8 --batch-size 256 --lr 1e-3
+        --adv-eps 0.3 --adv-warmup 2 --val-split 0.05 --seed 0 --quiet)
+declare -A recipe
+# Madry et al.'s PGD-AT through the training surrogate: the recipe of the first shipped csnn-mnist-at.pt
+recipe[pgd-at]="--epochs 8 --adv pgd --adv-steps 10"
+# TRADES (beta 6) with its usual PGD-10 inner maximization through the training surrogate
+recipe[trades]="--epochs 10 --adv trades --adv-steps 10"
+# TRADES with APGD crafting through a gradient drawn per batch from four surrogates
+recipe[trades-apgd-family]="--epochs 10 --adv trades --adv-attack apgd --adv-steps 10 --adv-gradients model,fast_sigmoid:slope=5,fast_sigmoid:slope=10,atan"
+
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(pgd-at trades trades-apgd-family)
+for name in "${names[@]}"; do
+    [ -n "${recipe[$name]:-}" ] || { echo "unknown recipe $name; choose from: ${!recipe[*]}" >&2; exit 2; }
+    ckpt="$out_dir/csnn-mnist-at-$name.pt"
+    if [ -f "$ckpt" ] && [ ! -f "${ckpt%.pt}.state.pt" ]; then
+        echo "$ckpt: finished"
+        continue
+    fi
+    # shellcheck disable=SC2086  # the recipe's options are meant to split
+    robust-snn -v train "${common[@]}" ${recipe[$name]} --out "$ckpt" --resume
+done
