@@ -287,8 +287,8 @@ DEFAULT_ATTACK_LIMIT = 1000
 
 @main.command()
 @checkpoint_option
-@click.option("--suite", default=None, help="Attack suite (default: standard, the strong SNN-aware cascade; quick: FGSM + PGD "
-              "smoke test). Not with --attack.")
+@click.option("--suite", default=None, help="Attack suite (default: standard, the strong SNN-aware cascade; validation: its first "
+              "three stages, a fast screen; quick: FGSM + PGD smoke test; events: for event models). Not with --attack.")
 @click.option("--attack", "attack_names", default=None, help="Run exactly these attacks instead of a suite, comma-separated, "
               "each optionally with hyperparameters: fgsm,pgd:steps=50,step_scale=2 (see `robust-snn info`); each attacks every "
               "clean-correct input.")

@@ -312,6 +312,9 @@ def train(
                 cfg=cfg, dev=dev, dd=dd, lr=lr, steps_per_epoch=steps_per_epoch, x_tr=x_tr, y_tr=y_tr, val=val, out=out,
                 sp=state_path(out))
     start_epoch = _resume(run) if resume else 1
+    if settings.adv != "none" and settings.keep == "best" and val is None:
+        log.warning("--keep best chooses the epoch by the validation suite, which needs held-out images "
+                    "(--val-split > 0); keeping the last epoch")
     if dd.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -388,12 +391,24 @@ def _resume(run: _Loop) -> int:
         run.history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
         run.train_seconds = float(state.get("train_seconds", 0.0))
-        run.best = state.get("best")
+        run.best = _checked_best(state.get("best"), run.model)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError):
         raise RobustSNNError(f"--resume: {sp} is damaged (its weights or optimizer state do not fit this model); "
                              f"delete it and rerun without --resume to start over") from None
     log.info("resuming from %s after epoch %d", sp, start_epoch - 1)
     return start_epoch
+
+
+def _checked_best(best: Any, model: SpikingClassifier) -> Optional[Dict[str, Any]]:
+    """The ``best`` record of a training state, checked against ``model`` (``ValueError`` when it does not fit)."""
+    if best is None:
+        return None
+    if not isinstance(best, dict) or not {"epoch", "score", "model"} <= set(best):
+        raise ValueError("malformed best-epoch record")
+    want = {k: v.shape for k, v in model.state_dict().items()}
+    if {k: getattr(v, "shape", None) for k, v in best["model"].items()} != want:
+        raise ValueError("best-epoch weights do not fit the model")
+    return {"epoch": int(best["epoch"]), "score": [float(v) for v in best["score"]], "model": best["model"]}
 
 
 def _batch_loss(run: _Loop, xb: torch.Tensor, yb: torch.Tensor, *, epoch: int, i: int, gradient: Optional[str] = None
@@ -424,6 +439,9 @@ def _train_epoch(run: _Loop, epoch: int, *, progress: bool) -> Dict[str, Any]:
     epoch_seed = s.seed * 1000 + epoch
     rank_seed = epoch_seed + RANK_SEED_STRIDE * dd.rank
     torch.manual_seed(rank_seed)
+    encoder = run.model.encoder
+    if hasattr(encoder, "reseed"):  # a stochastic encoder's own stream: per epoch, so validation (which reseeds it) and
+        encoder.reseed(rank_seed)  # --resume leave training's spike draws as an uninterrupted run has them
     gen = torch.Generator().manual_seed(epoch_seed)
     order = shard_epoch(torch.randperm(len(run.x_tr), generator=gen), dd.rank, dd.world)  # same permutation on every rank
     if dd.rank > 0:

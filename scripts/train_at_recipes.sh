@@ -15,7 +15,8 @@ mkdir -p "$out_dir"
 common=(--model csnn --channels 32,64 --hidden 256 --dataset mnist --num-steps 8 --batch-size 256 --lr 1e-3
         --adv-eps 0.3 --adv-warmup 2 --val-split 0.05 --seed 0 --quiet)
 declare -A recipe
-# Madry et al.'s PGD-AT through the training surrogate: the recipe of the first shipped csnn-mnist-at.pt
+# Madry et al.'s PGD-AT through the training surrogate: the recipe of the first shipped csnn-mnist-at.pt (which kept
+# its last epoch; here, as for every recipe, the epoch with the best validation-suite accuracy is kept)
 recipe[pgd-at]="--epochs 8 --adv pgd --adv-steps 10"
 # TRADES (beta 6) with its usual PGD-10 inner maximization through the training surrogate
 recipe[trades]="--epochs 10 --adv trades --adv-steps 10"

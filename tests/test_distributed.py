@@ -81,11 +81,11 @@ def test_torchrun_training_on_real_mnist_writes_one_loadable_checkpoint(tmp_path
 
 
 def test_torchrun_adversarial_training_validates_on_every_rank_and_keeps_one_epoch(tmp_path, data_dir):
-    """TRADES with APGD crafting through a gradient family under DDP: the validation suite is sharded by ``evaluate``
-    and every rank gets the same verdict, so rank 0 writes the epoch every rank chose."""
+    """TRADES with APGD crafting through a gradient family under DDP: the validation suite is sharded by ``evaluate``,
+    its gathered worst case is logged, and the checkpoint holds the epoch with the best of those scores."""
     out = tmp_path / "ddp-at.pt"
-    _torchrun(["-v", "train", "--out", str(out), "--epochs", "2", "--limit", "800", "--val-split", "0.25", "--channels", "4,8",
-               "--hidden", "16", "--num-steps", "3", "--batch-size", "50", "--lr", "1e-2", "--adv", "trades",
+    _torchrun(["-v", "train", "--out", str(out), "--epochs", "2", "--limit", "2000", "--val-split", "0.1", "--channels", "4,8",
+               "--hidden", "32", "--num-steps", "4", "--batch-size", "25", "--lr", "1e-2", "--adv-warmup", "1", "--adv", "trades",
                "--adv-attack", "apgd", "--adv-steps", "2", "--adv-eps", "0.1", "--adv-gradients", "model,fast_sigmoid:slope=5",
                "--val-attack-samples", "60", "--val-attack-steps", "2", "--test-limit", "100", "--quiet"], data_dir)
     meta = torch.load(out, weights_only=True)

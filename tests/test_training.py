@@ -34,22 +34,24 @@ def test_same_seed_same_weights(tmp_path, data_dir):
         assert torch.equal(v1, v2), k
 
 
-def test_resume_after_interruption_gives_identical_weights(tmp_path, data_dir, interrupt_training):
-    ref, _ = train(TINY, _settings(), out=tmp_path / "ref.pt", data_dir=str(data_dir), device="cpu", progress=False)
+@pytest.mark.parametrize("encoding", ["direct", "rate"])  # rate: the encoder's own random stream restarts per epoch
+def test_resume_after_interruption_gives_identical_weights(tmp_path, data_dir, interrupt_training, encoding):
+    cfg = dict(TINY, encoding=encoding)
+    ref, _ = train(cfg, _settings(), out=tmp_path / "ref.pt", data_dir=str(data_dir), device="cpu", progress=False)
     interrupt_training(2)
     out = tmp_path / "run.pt"
     with pytest.raises(KeyboardInterrupt):
-        train(TINY, _settings(), out=out, data_dir=str(data_dir), device="cpu", progress=False)
+        train(cfg, _settings(), out=out, data_dir=str(data_dir), device="cpu", progress=False)
     assert state_path(out).is_file() and not out.exists()
     interrupt_training(None)
-    resumed, metrics = train(TINY, _settings(), out=out, data_dir=str(data_dir), device="cpu", resume=True, progress=False)
+    resumed, metrics = train(cfg, _settings(), out=out, data_dir=str(data_dir), device="cpu", resume=True, progress=False)
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     for (k, v1), v2 in zip(ref.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(v1, v2), k
     with pytest.raises(RobustSNNError, match="other settings"):
         state = tmp_path / "x.pt"
         torch.save({"config": {}, "settings": {}}, state_path(state))
-        train(TINY, _settings(), out=state, data_dir=str(data_dir), device="cpu", resume=True, progress=False)
+        train(cfg, _settings(), out=state, data_dir=str(data_dir), device="cpu", resume=True, progress=False)
 
 
 def test_mse_loss_and_sgd_train(tmp_path, data_dir):

@@ -56,7 +56,10 @@ def parse_gradients(text: Optional[str]) -> List[Optional[str]]:
         return [None]
     out: List[Optional[str]] = []
     for spec in split_spec_list(text):
-        g = None if spec.strip().lower() == OWN_GRADIENT else canonical(spec)
+        try:
+            g = None if spec.strip().lower() == OWN_GRADIENT else canonical(spec)
+        except RobustSNNError as e:
+            raise RobustSNNError(f"--adv-gradients: {e} (or '{OWN_GRADIENT}' for the training surrogate)") from None
         if g not in out:
             out.append(g)
     if not out:
