@@ -556,6 +556,7 @@ def _finish(run: _Loop, *, data_dir: Optional[str], command: Optional[str], prog
         log.info("keeping epoch %d (validation-suite robust accuracy %.2f%%, the best of %d epochs)",
                  run.best["epoch"], 100 * run.best["score"][0], len(history))
     selected = run.best["epoch"] if run.best is not None else (history[-1]["epoch"] if history else None)
+    kept_row = next((h for h in history if h["epoch"] == selected), {})  # the log row of the epoch the checkpoint holds
     model.eval()
     if not dd.is_main:  # rank 0 tests and writes the checkpoint; the others wait and get its metrics
         result = distributed.broadcast_object(None)
@@ -567,8 +568,8 @@ def _finish(run: _Loop, *, data_dir: Optional[str], command: Optional[str], prog
         "test_n": test["n"],
         "test_split": "test",
         "test_data": data_source(s.dataset, "test", data_dir=data_dir),
-        "val_accuracy": next((h["val_accuracy"] for h in history if h["epoch"] == selected), None),
-        "val_robust_accuracy": next((h.get("val_robust_accuracy") for h in history if h["epoch"] == selected), None),
+        "val_accuracy": kept_row.get("val_accuracy"),
+        "val_robust_accuracy": kept_row.get("val_robust_accuracy"),
         "selected_epoch": selected,
         "train_img_per_s": (sum(h["img_per_s"] for h in history) / len(history)) if history else None,
         "eval_img_per_s": test["img_per_s"],
