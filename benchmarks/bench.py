@@ -15,6 +15,9 @@ Peers (``--peers``, default: every one that is installed):
   necessarily all (ties: SpikingJelly fires at ``H >= threshold``, snnTorch at
   ``mem > threshold``); the agreement is asserted (>= 90 %) and reported.
 
+On CUDA it also measures ``ours-graphed``: inference and PGD-10 through
+:class:`robust_snn.graphs.GraphedClassifier` (each attack step replayed as CUDA graphs).
+
 For each T and the batch size it reports training, inference and PGD-10 throughput,
 peak memory, the robust-snn / peer ratio, and achieved GFLOP/s as a fraction of
 this machine's fp32 matmul rate measured in the same run.
@@ -48,11 +51,12 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from robust_snn.graphs import GraphedClassifier  # noqa: E402
 from robust_snn.models import build_model  # noqa: E402
 from robust_snn.neurons import LIF  # noqa: E402
 from robust_snn.reference import StepByStepModel  # noqa: E402
 from robust_snn.surrogates import parse_spec  # noqa: E402
-from robust_snn.utils import keep_freed_memory  # noqa: E402
+from robust_snn.utils import keep_freed_memory, strict_fp32  # noqa: E402
 
 MODES = ("train", "infer", "pgd10")
 #: the peers robust-snn is compared with (``--peers``), in table order
@@ -308,7 +312,7 @@ def peer_note(name: str, arch_args: Dict[str, Any], device: torch.device) -> Opt
 
 def measure(impl: str, mode: str, arch_args: Dict[str, Any], num_steps: int, batch: int, device: torch.device,
             min_seconds: float) -> Dict[str, Any]:
-    """One measurement: images/s for ``mode`` with robust-snn (``ours``, ``ours-unfused``) or a peer (:data:`PEERS`)."""
+    """One measurement: images/s for ``mode`` with robust-snn (``ours``, ``ours-unfused``, ``ours-graphed``) or a peer (:data:`PEERS`)."""
     import torchattacks
 
     impl = "snntorch" if impl == "baseline" else impl  # the snnTorch loop's former name
@@ -317,7 +321,10 @@ def measure(impl: str, mode: str, arch_args: Dict[str, Any], num_steps: int, bat
     if impl == "ours-unfused":  # layer by layer, LIF through plain autograd (the reference path)
         for lif in model.lif_layers:
             lif.fused = False
-    net = model if impl in ("ours", "ours-unfused") else make_peer(impl, model)
+    if impl == "ours-graphed":
+        net = GraphedClassifier(model, backend="cuda" if device.type == "cuda" else "eager")
+    else:
+        net = model if impl in ("ours", "ours-unfused") else make_peer(impl, model)
     x = torch.rand(batch, model.config["in_channels"], *model.config["image_size"], device=device)
     y = torch.randint(0, model.config["num_classes"], (batch,), device=device)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
@@ -355,7 +362,7 @@ def measure(impl: str, mode: str, arch_args: Dict[str, Any], num_steps: int, bat
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     # FLOPs per image: forward (+2x for backward) per model evaluation; the peers run conv1 at every step
-    f = forward_flops(model, num_steps, layer_by_layer=impl in ("ours", "ours-unfused"))
+    f = forward_flops(model, num_steps, layer_by_layer=impl.startswith("ours"))
     # train: forward + backward to the input and the weights (3 forwards' FLOPs); a PGD step needs only the
     # input gradient (2; autograd skips the weight gradients)
     per_image = {"train": 3 * f, "infer": f, "pgd10": 10 * 2 * f}[mode]
@@ -430,8 +437,13 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
     p.add_argument("--quick", action="store_true", help="tiny model, batch 16, T=4: a smoke test")
     p.add_argument("--unfused", action="store_true", help="also measure the unfused LIF (plain autograd loop)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--out", default=None, help="also write the report (JSON) to this file after every measured case, so a "
+                   "run cut short keeps what it measured")
     p.add_argument("--_one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    # every implementation in full fp32, as the CLI runs: with TF32 convolutions (PyTorch's default on CUDA) two
+    # implementations that lay out their convolutions differently round differently and their spikes part
+    strict_fp32()
     if args._one:
         spec = json.loads(args._one)
         res = measure(spec["impl"], spec["mode"], spec["arch"], spec["num_steps"], spec["batch"],
@@ -460,36 +472,67 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
     if "spikingjelly" in peers:
         report["spikingjelly"] = {"version": spikingjelly_version(), "lif_backend": spikingjelly_backend(device)}
     rate_at_start = report["matmul_gflops"]
+    def checked(what: str, fn):
+        """``fn()``, or None with the failure in ``report["errors"]``: one failed check or peer must not
+        lose a device run's other measurements (a run on a lent GPU cannot simply be repeated)."""
+        try:
+            return fn()
+        except (AssertionError, RuntimeError) as e:
+            report.setdefault("errors", []).append(f"{what}: {e}"[-2000:])
+            print(f"{what} failed: {str(e).splitlines()[-1] if str(e) else type(e).__name__}", file=sys.stderr, flush=True)
+            return None
+
     for T in steps:
         if "snntorch" in peers:
-            report["max_logit_diff"][str(T)] = check_same_logits(arch, T, device)
+            report["max_logit_diff"][str(T)] = checked(f"logits vs snnTorch T={T}", lambda: check_same_logits(arch, T, device))
         for name in peers:
-            report["logit_agreement"].setdefault(name, {})[str(T)] = peer_agreement(name, arch, T, device)
+            report["logit_agreement"].setdefault(name, {})[str(T)] = checked(
+                f"agreement with {name} T={T}", lambda: peer_agreement(name, arch, T, device))
         for mode in modes:
             ours = run_isolated(args, "ours", mode, T)
             unfused = run_isolated(args, "ours-unfused", mode, T) if args.unfused else None
-            case: Dict[str, Any] = {"mode": mode, "num_steps": T, "ours": ours, "ours_unfused": unfused, "peers": {}}
+            graphed = None
+            if device.type == "cuda" and mode != "train":
+                graphed = checked(f"ours-graphed {mode} T={T}", lambda: run_isolated(args, "ours-graphed", mode, T))
+            case: Dict[str, Any] = {"mode": mode, "num_steps": T, "ours": ours, "ours_unfused": unfused,
+                                    "ours_graphed": graphed, "peers": {}}
             for name in peers:
-                res = run_isolated(args, name, mode, T)
+                res = checked(f"{name} {mode} T={T}", lambda: run_isolated(args, name, mode, T))
+                if res is None:
+                    continue
                 case["peers"][name] = {**res, "speedup": ours["img_per_s"] / res["img_per_s"],
+                                       "graphed_speedup": graphed["img_per_s"] / res["img_per_s"] if graphed else None,
                                        "memory_ratio": (ours["peak_mb"] / res["peak_mb"]) if res["peak_mb"] > 0 else None}
             # the snnTorch loop under its former keys, for existing readers
             snn_loop = case["peers"].get("snntorch")
-            case["baseline"] = {k: v for k, v in snn_loop.items() if k not in ("speedup", "memory_ratio")} if snn_loop else None
+            case["baseline"] = {k: v for k, v in snn_loop.items() if k not in ("speedup", "graphed_speedup", "memory_ratio")} if snn_loop else None
             case["speedup"] = snn_loop["speedup"] if snn_loop else None
             case["memory_ratio"] = snn_loop["memory_ratio"] if snn_loop else None
             report["cases"].append(case)
+            if args.out:
+                _write_report(args.out, report)
     # The rate is measured again at the end and the higher one kept: a shared CPU's slow moment at the
     # start would otherwise understate it and inflate "% of matmul".
     report["matmul_gflops_start_end"] = [rate_at_start, matmul_gflops(device)]
     report["matmul_gflops"] = max(report["matmul_gflops_start_end"])
     for c in report["cases"]:
         c["ours_fraction_of_matmul"] = c["ours"]["gflops"] / report["matmul_gflops"]
+    report["complete"] = True
+    if args.out:
+        _write_report(args.out, report)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print_table(report)
     return report
+
+
+def _write_report(path: str, report: Dict[str, Any]) -> None:
+    """The report so far, written atomically (``complete`` is set once every case is measured)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"complete": False, **report}, f, indent=2)
+    os.replace(tmp, path)
 
 
 def print_table(report: Dict[str, Any]) -> None:
@@ -499,27 +542,36 @@ def print_table(report: Dict[str, Any]) -> None:
     if "spikingjelly" in report:
         sj = report["spikingjelly"]
         print(f"SJ = SpikingJelly {sj['version']} multi-step LIFNode, LIF kernel: {sj['lif_backend']}")
-    head = f"{'mode':<7}{'T':>4}{'ours img/s':>12}{'unfused':>9}"
+    head = f"{'mode':<7}{'T':>4}{'ours img/s':>12}{'unfused':>9}{'graphed':>9}"
     for name in peers:
-        head += f"{PEER_LABELS[name] + ' img/s':>16}{'speedup':>9}"
+        head += f"{PEER_LABELS[name] + ' img/s':>16}{'speedup':>9}{'graphed':>9}"
     head += f"{'ours GFLOP/s':>14}{'% matmul':>10}{'ours MB':>9}" + "".join(f"{PEER_LABELS[n] + ' MB':>13}" for n in peers)
     print(head)
     for c in report["cases"]:
         unf = f"{c['ours_unfused']['img_per_s']:>9.1f}" if c["ours_unfused"] else f"{'-':>9}"
-        line = f"{c['mode']:<7}{c['num_steps']:>4}{c['ours']['img_per_s']:>12.1f}{unf}"
+        gr = f"{c['ours_graphed']['img_per_s']:>9.1f}" if c.get("ours_graphed") else f"{'-':>9}"
+        line = f"{c['mode']:<7}{c['num_steps']:>4}{c['ours']['img_per_s']:>12.1f}{unf}{gr}"
         for name in peers:
-            r = c["peers"][name]
-            line += f"{r['img_per_s']:>16.1f}{r['speedup']:>8.2f}x"
+            r = c["peers"].get(name)
+            if r is None:  # its measurement failed (see the errors below)
+                line += f"{'failed':>16}{'-':>9}{'-':>9}"
+                continue
+            gx = f"{r['graphed_speedup']:>8.2f}x" if r.get("graphed_speedup") else f"{'-':>9}"
+            line += f"{r['img_per_s']:>16.1f}{r['speedup']:>8.2f}x{gx}"
         line += f"{c['ours']['gflops']:>14.1f}{100 * c['ours_fraction_of_matmul']:>9.1f}%{c['ours']['peak_mb']:>9.0f}"
-        line += "".join(f"{c['peers'][n]['peak_mb']:>13.0f}" for n in peers)
+        line += "".join(f"{c['peers'][n]['peak_mb']:>13.0f}" if n in c["peers"] else f"{'-':>13}" for n in peers)
         print(line)
     if report["max_logit_diff"]:
         print("logits identical to the step-by-step snnTorch loop (max |diff|): "
-              + ", ".join(f"T={k}: {v:.1e}" for k, v in report["max_logit_diff"].items()))
+              + ", ".join(f"T={k}: {v:.1e}" if v is not None else f"T={k}: FAILED"
+                          for k, v in report["max_logit_diff"].items()))
     if "spikingjelly" in report["logit_agreement"]:
         print("SpikingJelly's logits equal robust-snn's on "
-              + ", ".join(f"{100 * v:.1f}% (T={k})" for k, v in report["logit_agreement"]["spikingjelly"].items())
+              + ", ".join(f"{100 * v:.1f}% (T={k})" if v is not None else f"FAILED (T={k})"
+                          for k, v in report["logit_agreement"]["spikingjelly"].items())
               + " of samples (ties differ: it fires at H >= threshold, snnTorch at mem > threshold)")
+    for err in report.get("errors", []):
+        print(f"error: {err.splitlines()[0]}")
 
 
 if __name__ == "__main__":

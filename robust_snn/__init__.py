@@ -11,8 +11,10 @@ __version__ = "0.1.0"
 
 from .checkpoint import load_model, save_checkpoint  # noqa: E402
 from .errors import RobustSNNError  # noqa: E402
+from .graphs import GraphedClassifier  # noqa: E402
 from .models import SpikingClassifier, build_model  # noqa: E402
 from .neurons import use_surrogate  # noqa: E402
-from .utils import keep_freed_memory  # noqa: E402
+from .utils import keep_freed_memory, strict_fp32  # noqa: E402
 
-__all__ = ["RobustSNNError", "SpikingClassifier", "build_model", "keep_freed_memory", "load_model", "save_checkpoint", "use_surrogate", "__version__"]
+__all__ = ["GraphedClassifier", "RobustSNNError", "SpikingClassifier", "build_model", "keep_freed_memory", "load_model",
+           "save_checkpoint", "strict_fp32", "use_surrogate", "__version__"]

@@ -92,9 +92,10 @@ def main(ctx: click.Context, verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("robust_snn").setLevel(level)
-    from .utils import keep_freed_memory
+    from .utils import keep_freed_memory, strict_fp32
 
     keep_freed_memory()  # big [T*B, ...] buffers are reused instead of page-faulted in again
+    strict_fp32()  # GPU results equal to the CPU's (TF32 convolutions flip spikes)
 
 
 @main.command()
@@ -322,6 +323,8 @@ DEFAULT_ATTACK_LIMIT = 1000
 @click.option("--adaptive/--no-adaptive", default=True, show_default=True,
               help="Attack the defended model (adaptive) or craft on the undefended model and transfer.")
 @click.option("--calibration-size", type=int, default=1000, show_default=True, help="Clean images used to calibrate --detector.")
+@click.option("--cuda-graphs", is_flag=True, help="Replay each attack step as CUDA graphs (same numbers, fewer kernel launches; "
+              "deterministic models on a CUDA device).")
 @data_dir_option
 @device_option
 @_user_errors
@@ -329,7 +332,7 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
            budget: Optional[str], threat: Optional[str], steps: Optional[int], queries: Optional[int], restarts: int, surrogate: Optional[str], eot_samples: Optional[int],
            samples: Optional[int], dataset: Optional[str], limit: Optional[str], num_steps: Optional[int], batch_size: int, seed: int,
            out: Optional[str], force: bool, as_json: bool, checks: bool, check_convergence: bool, defenses: tuple, detector: Optional[str],
-           adaptive: bool, calibration_size: int, data_dir: Optional[str], device: str) -> None:
+           adaptive: bool, calibration_size: int, cuda_graphs: bool, data_dir: Optional[str], device: str) -> None:
     """Attack a checkpoint through surrogate gradients and report robust accuracy.
 
     By default runs the standard suite (a cascade of strong SNN-aware attacks, ending with
@@ -391,6 +394,9 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
         claim_outputs(out, ATTACK_OUTPUTS, force=force)
     dd = distributed.init(device)
     device = distributed.device_for(device)
+    if cuda_graphs and torch.device(device).type != "cuda":
+        raise RobustSNNError(f"--cuda-graphs needs a CUDA device, but the attack runs on {device}: add --device cuda, or leave "
+                             "--cuda-graphs out")
     model = load_model(checkpoint, device=device, num_steps=num_steps)
     if threat is not None and not getattr(model, "events", False):
         raise RobustSNNError(f"--threat {threat} is the threat model of event attacks, but this model takes images: leave --threat "
@@ -412,7 +418,7 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
                           eps_l2=eps_l2_list, eps_l0=budget_list, steps=steps, queries=queries, restarts=restarts, surrogate=surrogate,
                           eot_samples=eot_samples, samples=samples, batch_size=batch_size, seed=seed, checks=checks,
                           progress=not as_json and dd.is_main, keep_examples=out is not None, source_model=source,
-                          convergence=check_convergence, threat=threat)
+                          convergence=check_convergence, threat=threat, graphs="cuda" if cuda_graphs else None)
     distributed.shutdown()
     if not dd.is_main:
         return

@@ -111,3 +111,14 @@ def test_python_module_entry_point(tmp_path):
 
     res = subprocess.run([sys.executable, "-m", "robust_snn", "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "attack" in res.stdout and "train" in res.stdout
+
+
+def test_cli_turns_tf32_off(runner, monkeypatch):
+    """GPU results must equal the CPU's: every command runs with TF32 convolutions and matmuls off."""
+    import torch
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    r = runner.invoke(main, ["info", "--json"])
+    assert r.exit_code == 0, r.output
+    assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False

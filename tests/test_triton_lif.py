@@ -61,13 +61,16 @@ def test_triton_lif_matches_the_fused_cpu_path_exactly_forward_and_closely_backw
     assert out[2].shape == cur.shape
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("spec", SURROGATES)
-def test_triton_lif_surrogate_derivatives_match_each_surrogates_backward(interpret, spec):
+def test_triton_lif_surrogate_derivatives_match_each_surrogates_backward(interpret, monkeypatch, spec, device):
+    if device == "cuda":  # compiled for the GPU, not interpreted
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
     T, shape = 5, (4, 37)  # 148 neurons: not a multiple of the block, so the tail mask is exercised
-    cur = _inputs((T, *shape), "cpu", static=False, seed=3)
+    cur = _inputs((T, *shape), device, static=False, seed=3)
     spike_fn = robust_snn.surrogates.make_spike_fn(spec)
-    ref = _run(_FusedLIF, cur, reset=0, spike_fn=spike_fn, T=T, static=False)
-    out = _run(triton_lif.TritonLIF, cur, reset=0, spike_fn=spike_fn, T=T, static=False)
+    ref = _run(_FusedLIF, cur.cpu(), reset=0, spike_fn=spike_fn, T=T, static=False)
+    out = [t.cpu() for t in _run(triton_lif.TritonLIF, cur, reset=0, spike_fn=spike_fn, T=T, static=False)]
     assert torch.equal(out[0], ref[0])
     torch.testing.assert_close(out[2], ref[2], rtol=1e-5, atol=1e-5)
     assert torch.isfinite(out[2]).all() and out[2].abs().sum() > 0
@@ -94,10 +97,13 @@ def test_triton_lif_is_chosen_only_when_enabled(monkeypatch):
     assert not triton_lif.enabled_for(x)
 
 
-def test_triton_lif_whole_model_logits_and_input_gradients_match(interpret, monkeypatch):
-    model = robust_snn.load_model().eval()  # the shipped CSNN (bundled): real spiking activity in every layer
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_lif_whole_model_logits_and_input_gradients_match(interpret, monkeypatch, device):
+    if device == "cuda":  # compiled for the GPU, not interpreted
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+    model = robust_snn.load_model(device=device).eval()  # the shipped CSNN (bundled): real spiking activity in every layer
     x, y = bundled_test_split()
-    x, y = x[:3], y[:3]
+    x, y = x[:3].to(device), y[:3].to(device)
     calls = []
     real = triton_lif.TritonLIF.apply
     monkeypatch.setattr(triton_lif.TritonLIF, "apply", lambda *a: calls.append(1) or real(*a))

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..errors import RobustSNNError
+from ..graphs import CAPTURES, GraphedClassifier
 from ..encoders import is_stochastic
 from ..evaluation import DEFAULT_STOCHASTIC_SAMPLES
 from .. import distributed
@@ -114,6 +115,7 @@ def evaluate(
     shard: Optional[bool] = None,
     convergence: bool = False,
     threat: Optional[str] = None,
+    graphs: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Attack ``model`` on ``(x, y)`` with every attack at every budget.
 
@@ -162,6 +164,10 @@ def evaluate(
             removed) or ``"add-only"`` (events added, never removed): every event attack is
             built with ``add_only`` accordingly, and its rows are judged (budget, ``within``)
             and keyed (``norm``, worst case) by that threat model. Only for event models.
+        graphs: ``"cuda"``: replay the attacked and judged models' forward passes and input
+            gradients as CUDA graphs (:class:`~robust_snn.graphs.GraphedClassifier`: same
+            numbers, fewer kernel launches; deterministic models on CUDA, the rest runs as
+            usual); ``"eager"``: the same wrapper without graphs (its CPU reference); ``None``: off.
 
     With a detector (``model.detector``, e.g. :class:`~robust_snn.defenses.Defended`),
     every row also reports the detection rate of successful examples, the AUROC of
@@ -227,11 +233,14 @@ def evaluate(
         jobs += [_Job(tcc, e, tuple(grads), params, tcc.name, surrogate or "model", False) for e in eps]
         log.info("detector present: adding the adaptive attack pgd-tcc")
 
+    if graphs is not None and graphs not in CAPTURES:
+        raise RobustSNNError(f"unknown graph backend {graphs!r}; choose from {', '.join(CAPTURES)}")
     for opt, value in (("--eot-samples", eot_samples), ("--samples", samples)):
         if value is not None and value < 1:
             raise RobustSNNError(f"{opt} must be >= 1, got {value}")
     run = _setup(model, x, y, jobs=jobs, detector=detector, source_model=source_model, eot_samples=eot_samples, samples=samples,
-                 restarts=restarts, batch_size=batch_size, seed=seed, shard=shard, progress=progress, keep_examples=keep_examples)
+                 restarts=restarts, batch_size=batch_size, seed=seed, shard=shard, progress=progress, keep_examples=keep_examples,
+                 graphs=graphs)
     check_list: List[Dict[str, Any]] = []
     convergence_record: Optional[Dict[str, Any]] = None
     try:
@@ -319,6 +328,9 @@ class _Run:
     examples_rejected: Dict[str, torch.Tensor] = field(default_factory=dict)
     eps_zero_acc: Optional[float] = None
     eps_zero_ref: float = 0.0
+    #: the graph backend attacks and judging ran through (None: the models themselves)
+    graphs: Optional[str] = None
+    graph_wrappers: List[GraphedClassifier] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -340,7 +352,8 @@ class _Run:
 
 def _setup(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, jobs: List[_Job], detector: Any,
            source_model: Optional[torch.nn.Module], eot_samples: Optional[int], samples: Optional[int], restarts: int,
-           batch_size: int, seed: int, shard: Optional[bool], progress: bool, keep_examples: bool) -> _Run:
+           batch_size: int, seed: int, shard: Optional[bool], progress: bool, keep_examples: bool,
+           graphs: Optional[str] = None) -> _Run:
     """Models in eval mode, EOT wrappers, sharding chunks; nothing computed yet."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -355,11 +368,16 @@ def _setup(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, jobs: Li
     dist_info = distributed.info()
     sharded = dist_info.enabled if shard is None else (bool(shard) and dist_info.enabled)
     chunks = Chunks(len(x), batch_size, rank=dist_info.rank if sharded else 0, world=dist_info.world if sharded else 1)
-    return _Run(model=model, crafter=crafter, attacked=EOT(crafter, samples=eot).eval(), judge=EOT(model, samples=n_eval).eval(),
+    # attacks and judging replay graphs (same numbers); sanity checks, detectors and surrogates use the models themselves
+    graphed_crafter = GraphedClassifier(crafter, backend=graphs).eval() if graphs else crafter
+    graphed_model = graphed_crafter if crafter is model else (GraphedClassifier(model, backend=graphs).eval() if graphs else model)
+    return _Run(model=model, crafter=crafter, attacked=EOT(graphed_crafter, samples=eot).eval(),
+                judge=EOT(graphed_model, samples=n_eval).eval(),
                 detector=detector, source_model=source_model, x=x, y=y, jobs=jobs, chunks=chunks, device=device, seed=seed,
                 restarts=restarts, eot=eot, n_eval=n_eval, stochastic=stochastic, was_training=was_training,
                 n_classes=int(getattr(model, "config", {}).get("num_classes", 0) or 0), progress=progress,
-                keep_examples=keep_examples)
+                keep_examples=keep_examples, graphs=graphs,
+                graph_wrappers=list({id(w): w for w in (graphed_crafter, graphed_model) if isinstance(w, GraphedClassifier)}.values()))
 
 
 def _clean_pass(run: _Run) -> None:
@@ -534,6 +552,9 @@ def _summary(run: _Run, check_list: List[Dict[str, Any]], *, surrogate: Optional
         # event budgets: per sample, the flipped events of the smallest example that broke it (inf: none did)
         "worst_case_l0": {result_key(norm, e): l0 for (norm, e), l0 in run.l0_broken.items()},
         "adaptive": run.source_model is None,
+        # how the graphs served the attacks: captured shapes, replays, calls that ran the model itself
+        "graphs": None if run.graphs is None else {
+            "backend": run.graphs, **{k: sum(w.stats[k] for w in run.graph_wrappers) for k in ("captures", "replays", "eager", "failed")}},
     }
     detector = run.detector
     if detector is not None:

@@ -187,13 +187,25 @@ class LIF(SpikingNeuron):
             mem = beta * mem + cur
         return (spike_fn or self.spike_grad)(mem - thr), (mem,)
 
+    def _host_constants(self, dtype: torch.dtype) -> Tuple[float, float]:
+        """beta (clamped to [0, 1]) and the threshold in ``dtype``, as Python numbers for the fused kernels.
+
+        Read from the device only when the tensors change (their storage or version): a CUDA-graph
+        capture (:mod:`robust_snn.graphs`) allows no device-to-host copy, and a replay needs none.
+        """
+        b, th = self.neuron.beta, self.neuron.threshold
+        key = (b.data_ptr(), b._version, th.data_ptr(), th._version, dtype)
+        if getattr(self, "_constants_key", None) != key:
+            self._constants = (float(b.detach().clamp(0, 1).to(dtype)), float(th.detach().to(dtype)))
+            self._constants_key = key
+        return self._constants
+
     def simulate(self, cur_seq: torch.Tensor, spike_fn, num_steps: Optional[int] = None) -> tuple:
         """Run the recurrence; ``num_steps`` set means ``cur_seq`` is one static ``[B, ...]`` input."""
-        beta = self.neuron.beta.clamp(0, 1).to(cur_seq.dtype)
-        thr = self.neuron.threshold.to(cur_seq.dtype)
         reset = _RESET_CODE[self.reset_mechanism]
         static = num_steps is not None
-        if self.fused and not (beta.requires_grad or thr.requires_grad):
+        if self.fused and not (self.neuron.beta.requires_grad or self.neuron.threshold.requires_grad):
+            beta, thr = self._host_constants(cur_seq.dtype)
             T = int(num_steps) if static else cur_seq.shape[0]
             keep_mem = self.record or (torch.is_grad_enabled() and cur_seq.requires_grad)
             on_gpu = triton_lif.enabled_for(cur_seq, elements=cur_seq.numel() * (T if static else 1))
