@@ -35,15 +35,20 @@ from robust_snn import load_model  # noqa: E402
 from robust_snn.data import bundled_test_split  # noqa: E402
 from robust_snn.graphs import GraphedClassifier  # noqa: E402
 from robust_snn.neurons import use_surrogate  # noqa: E402
+from robust_snn.utils import strict_fp32  # noqa: E402
+
+
+#: PyTorch's own TF32 flags (convolutions, matmuls), read before anything changes them
+TORCH_DEFAULT_TF32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
 
 
 @contextlib.contextmanager
 def tf32(enabled: Optional[bool]) -> Iterator[None]:
-    """TF32 for convolutions and matmuls on (True), off (False) or as found (None)."""
+    """TF32 for convolutions and matmuls on (True), off (False) or PyTorch's defaults (None)."""
     old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    if enabled is not None:
-        torch.backends.cudnn.allow_tf32 = enabled
-        torch.backends.cuda.matmul.allow_tf32 = enabled
+    conv, mm = TORCH_DEFAULT_TF32 if enabled is None else (enabled, enabled)
+    torch.backends.cudnn.allow_tf32 = conv
+    torch.backends.cuda.matmul.allow_tf32 = mm
     try:
         yield
     finally:
@@ -87,8 +92,8 @@ def precision(model, model_cpu, x_all: torch.Tensor, y_all: torch.Tensor, batch:
     n = len(x_all)
     out: Dict[str, Any] = {"n": n, "layers": n_layers, "strict_fp32_accuracy": strict_correct / n,
                            "strict_fp32_spikes_per_layer": total_spikes.tolist(),
-                           "torch_default_flags": {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
-                                                   "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32}}
+                           "torch_default_flags": {"cudnn.allow_tf32": TORCH_DEFAULT_TF32[0],
+                                                   "cuda.matmul.allow_tf32": TORCH_DEFAULT_TF32[1]}}
     for name, st in stats.items():
         out[name] = {"flipped_spikes_per_layer": st["flipped"].tolist(),
                      "flipped_fraction": float(st["flipped"].sum() / total_spikes.sum().clamp_min(1)),
@@ -113,10 +118,15 @@ def replay(model, x_all: torch.Tensor, y_all: torch.Tensor) -> Dict[str, Any]:
                 with torch.no_grad():
                     same_logits = float((graphed(x) == model(x)).all(1).float().mean())
                 ge, gg = _grad(model, x, y), _grad(graphed, x, y)
+                # two gradients of one forward (DeepFool takes one per class): the second must equal the first
+                xr = x.clone().requires_grad_(True)
+                out = graphed(xr)
+                (g1,) = torch.autograd.grad(out[:, 0].sum(), xr, retain_graph=True)
+                (g2,) = torch.autograd.grad(out[:, 0].sum(), xr)
                 rows.append({"gradient": spec or "model", "batch": n, "logits_equal_fraction": same_logits,
                              "grad_max_abs_diff": float((ge - gg).abs().max()), "grad_max_abs": float(ge.abs().max()),
                              "grad_sign_agreement": float((ge.sign() == gg.sign()).float().mean()),
-                             "grad_identical": bool(torch.equal(ge, gg))})
+                             "grad_identical": bool(torch.equal(ge, gg)), "second_backward_identical": bool(torch.equal(g1, g2))})
     return {"rows": rows, "stats": dict(graphed.stats)}
 
 
@@ -152,6 +162,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     device = torch.device(args.device)
     if device.type != "cuda":
         p.error("this measures the CUDA path: run it with --device cuda on a GPU machine")
+    strict_fp32()  # as the CLI runs; the precision part sets the flags it compares itself
     model = load_model(args.checkpoint, device=device).eval()
     model_cpu = load_model(args.checkpoint, device="cpu").eval()
     x, y = bundled_test_split()

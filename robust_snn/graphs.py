@@ -21,16 +21,19 @@ Safety (the replay must compute exactly what the model computes):
   mode, without ``record``; everything else runs the model itself;
 - a graph is keyed by the padded batch, the input's shape and dtype, whether it computes the
   input gradient, every spiking layer's gradient (surrogate name and parameters, rate
-  mode), its fast-path switches, and the storage of every parameter and buffer (a replaced
-  weight tensor gets a new graph; in-place updates are read by the replay);
+  mode), its fast-path switches, the readout, the values of the LIF constants (beta and
+  threshold, which the graph holds as numbers), and the storage of every parameter and
+  buffer (a replaced weight tensor gets a new graph; in-place weight updates are read by
+  the replay);
 - outputs and gradients are copies, never the static buffers;
 - a backward whose forward buffers were overwritten by a later replay of the same graph
   raises instead of returning another input's gradient.
 
 Same kernels in the same order as the model's own forward and backward; only a padded batch
-can differ, where the convolution library picks another algorithm for the larger batch (its
-rounding may move a membrane potential that sits at the threshold). ``benchmarks/gpu_numerics.py``
-measures both on the GPU.
+can differ, where the math libraries pick other kernels for the larger batch (on CPU a linear
+layer's rows differ by about 1e-6 between batch 7 and 8; on the H100 a batch of 200 padded to 256
+gave identical logits and gradients): rounding that can move a membrane potential sitting at the
+threshold, as any change of batch size can. ``benchmarks/gpu_numerics.py`` measures it on a GPU.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from typing import Any, Dict, Hashable, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .encoders import is_stochastic
 from .models import SpikingClassifier
@@ -72,7 +76,7 @@ def _spike_fn_key(fn: Any) -> Hashable:
     :func:`~robust_snn.neurons.use_surrogate` must reuse the graph), else the object itself."""
     name = getattr(fn, "surrogate_name", None)
     if name is None:
-        return ("object", id(fn))
+        return ("object", fn)  # the object, not its id: an id can be reused once the object is gone
     params = getattr(fn, "surrogate_params", {}) or {}
     return (name, tuple(sorted((k, repr(v)) for k, v in params.items())))
 
@@ -124,7 +128,9 @@ class CudaGraphCapture(_Capture):
             self.g_out = torch.zeros_like(self.out)
             self.bwd = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.bwd, pool=self.fwd.pool()):
-                (self.g_x,) = torch.autograd.grad(self.out, self.x, self.g_out)
+                # retain_graph: the saved activations stay allocated, so their memory is not reused later in this
+                # capture, and a second backward of one forward (DeepFool's one gradient per class) reads them intact
+                (self.g_x,) = torch.autograd.grad(self.out, self.x, self.g_out, retain_graph=True)
 
     def replay_forward(self) -> None:
         self.fwd.replay()
@@ -176,6 +182,7 @@ class _Replay(torch.autograd.Function):
         return cap.out[:n].clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_out):  # type: ignore[override]
         cap = ctx.cap
         if cap.generation != ctx.generation:
@@ -195,7 +202,8 @@ class GraphedClassifier(nn.Module):
     Same results as ``model`` (see the module's notes on padding); what the graphs do not cover (CPU tensors,
     training mode, a stochastic encoder, a model that is not a bare SpikingClassifier, keyword arguments such as ``record``, parameter
     gradients) run ``model`` itself. Attributes other than its own are the model's.
-    Only the input gradient is computed: parameters get no ``.grad`` through it.
+    Only the input gradient is computed: parameters get no ``.grad`` through it, and forward hooks
+    on the model's layers run at capture only (a replay runs kernels, not Python).
 
     Args:
         model: the classifier (``eval()`` mode to be graphed).
@@ -251,12 +259,19 @@ class GraphedClassifier(nn.Module):
 
     def _key(self, x: torch.Tensor, grad: bool) -> Tuple[Hashable, ...]:
         m = self.model
+        neurons = [l for l in m.modules() if isinstance(l, SpikingNeuron)]
         layers = tuple((_spike_fn_key(l.spike_grad), getattr(l, "grad_mode", None), getattr(l, "fused", None),
-                        getattr(l, "reset_mechanism", None))
-                       for l in m.modules() if isinstance(l, SpikingNeuron))
+                        getattr(l, "reset_mechanism", None)) for l in neurons)
+        # weights are read from their storage at every replay (in-place updates are seen; a replaced tensor is a new
+        # key); the LIF constants are baked into the graph as numbers, so their values are part of the key (one copy)
         storage = tuple(t.data_ptr() for t in (*m.parameters(), *m.buffers()))
+        consts = [t.detach().reshape(-1).float() for l in neurons for t in (getattr(getattr(l, "neuron", None), "beta", None),
+                                                                             getattr(getattr(l, "neuron", None), "threshold", None))
+                  if isinstance(t, torch.Tensor)]
+        constants = tuple(torch.cat(consts).cpu().tolist()) if consts else ()
         return (bucket_size(x.shape[0]), tuple(x.shape[1:]), x.dtype, x.device, grad, layers,
-                getattr(m, "channels_last", None), getattr(m, "num_steps", None), storage)
+                getattr(m, "channels_last", None), getattr(m, "num_steps", None), getattr(m, "readout", None),
+                storage, constants)
 
     def _capture(self, key: Tuple[Hashable, ...], x: torch.Tensor, grad: bool) -> Optional[_Capture]:
         cap = self._captures.get(key)

@@ -368,7 +368,8 @@ def _setup(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, jobs: Li
     dist_info = distributed.info()
     sharded = dist_info.enabled if shard is None else (bool(shard) and dist_info.enabled)
     chunks = Chunks(len(x), batch_size, rank=dist_info.rank if sharded else 0, world=dist_info.world if sharded else 1)
-    # attacks and judging replay graphs (same numbers); sanity checks, detectors and surrogates use the models themselves
+    # attacks, judging and the sanity checks given ``attacked`` replay graphs; detectors and surrogate switches act on the
+    # models themselves (the graphs are keyed by the surrogate in use)
     graphed_crafter = GraphedClassifier(crafter, backend=graphs).eval() if graphs else crafter
     graphed_model = graphed_crafter if crafter is model else (GraphedClassifier(model, backend=graphs).eval() if graphs else model)
     return _Run(model=model, crafter=crafter, attacked=EOT(graphed_crafter, samples=eot).eval(),
@@ -688,7 +689,9 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, x, y, clean_
         return x_adv, adv_logits
     target = GradGuard(model if spec.uses_own_eot else attacked).eval()
     atk = build_attack(spec, target, e, params, n_classes=n_classes, eot_samples=eot)
-    if hasattr(atk, "early_exit") and (getattr(judge, "model", model) is not model or is_stochastic(model)):
+    judged = getattr(judge, "model", model)
+    judged = judged.model if isinstance(judged, GraphedClassifier) else judged  # the replay judges the same model
+    if hasattr(atk, "early_exit") and (judged is not model or is_stochastic(model)):
         # transfer: a first success on the source model transfers worse than the full run; a stochastic
         # model (even with --eot-samples 1): one noisy misclassification is not final
         atk.early_exit = False

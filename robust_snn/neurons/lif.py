@@ -190,15 +190,19 @@ class LIF(SpikingNeuron):
     def _host_constants(self, dtype: torch.dtype) -> Tuple[float, float]:
         """beta (clamped to [0, 1]) and the threshold in ``dtype``, as Python numbers for the fused kernels.
 
-        Read from the device only when the tensors change (their storage or version): a CUDA-graph
-        capture (:mod:`robust_snn.graphs`) allows no device-to-host copy, and a replay needs none.
+        Read afresh on every call, except while a CUDA graph is captured (:mod:`robust_snn.graphs`),
+        which allows no device-to-host copy: then the values read by the warm-up call just before
+        are used (the graph bakes them in, and the graph's cache key holds them).
         """
         b, th = self.neuron.beta, self.neuron.threshold
-        key = (b.data_ptr(), b._version, th.data_ptr(), th._version, dtype)
-        if getattr(self, "_constants_key", None) != key:
-            self._constants = (float(b.detach().clamp(0, 1).to(dtype)), float(th.detach().to(dtype)))
-            self._constants_key = key
-        return self._constants
+        if b.is_cuda and torch.cuda.is_current_stream_capturing():
+            cached = getattr(self, "_constants", None)
+            if cached is None or cached[0] != dtype:
+                raise RuntimeError("LIF constants were not read before the CUDA-graph capture (run a warm-up call first)")
+            return cached[1]
+        values = (float(b.detach().clamp(0, 1).to(dtype)), float(th.detach().to(dtype)))
+        self._constants = (dtype, values)
+        return values
 
     def simulate(self, cur_seq: torch.Tensor, spike_fn, num_steps: Optional[int] = None) -> tuple:
         """Run the recurrence; ``num_steps`` set means ``cur_seq`` is one static ``[B, ...]`` input."""
