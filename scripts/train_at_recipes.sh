@@ -22,9 +22,12 @@ recipe[pgd-at]="--epochs 8 --adv pgd --adv-steps 10"
 recipe[trades]="--epochs 10 --adv trades --adv-steps 10"
 # TRADES with APGD crafting through a gradient drawn per batch from four surrogates
 recipe[trades-apgd-family]="--epochs 10 --adv trades --adv-attack apgd --adv-steps 10 --adv-gradients model,fast_sigmoid:slope=5,fast_sigmoid:slope=10,atan"
+# PGD-AT's loss with that crafting (TRADES traded 1.7 points of clean accuracy for 3 of validated robustness
+# against pgd-at on the same 500 held-out images; this keeps PGD-AT's loss)
+recipe[pgd-apgd-family]="--epochs 8 --adv pgd --adv-attack apgd --adv-steps 10 --adv-gradients model,fast_sigmoid:slope=5,fast_sigmoid:slope=10,atan"
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(pgd-at trades trades-apgd-family)
+[ ${#names[@]} -gt 0 ] || names=(pgd-at trades trades-apgd-family pgd-apgd-family)
 for name in "${names[@]}"; do
     [ -n "${recipe[$name]:-}" ] || { echo "unknown recipe $name; choose from: ${!recipe[*]}" >&2; exit 2; }
     ckpt="$out_dir/csnn-mnist-at-$name.pt"
