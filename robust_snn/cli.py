@@ -323,7 +323,7 @@ DEFAULT_ATTACK_LIMIT = 1000
 @click.option("--adaptive/--no-adaptive", default=True, show_default=True,
               help="Attack the defended model (adaptive) or craft on the undefended model and transfer.")
 @click.option("--calibration-size", type=int, default=1000, show_default=True, help="Clean images used to calibrate --detector.")
-@click.option("--cuda-graphs", is_flag=True, help="Replay each attack step as CUDA graphs (same numbers, fewer kernel launches; "
+@click.option("--cuda-graphs", is_flag=True, help="Replay each attack step as CUDA graphs (the same kernels, fewer launches; "
               "deterministic models on a CUDA device).")
 @data_dir_option
 @device_option
@@ -354,6 +354,7 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     from .data import data_source
     from .reporting import format_table, json_ready, save_attack_outputs
     from .surrogates import parse_spec
+    from .utils import resolve_device
 
     from .attacks import get_spec, get_suite
     from .attacks.registry import event_attack_names, parse_attack, split_attack_list
@@ -394,9 +395,9 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
         claim_outputs(out, ATTACK_OUTPUTS, force=force)
     dd = distributed.init(device)
     device = distributed.device_for(device)
-    if cuda_graphs and torch.device(device).type != "cuda":
-        raise RobustSNNError(f"--cuda-graphs needs a CUDA device, but the attack runs on {device}: add --device cuda, or leave "
-                             "--cuda-graphs out")
+    if cuda_graphs and resolve_device(device).type != "cuda":
+        raise RobustSNNError(f"--cuda-graphs needs a CUDA device, but the attack runs on {resolve_device(device)}: add "
+                             "--device cuda (on a machine with CUDA), or leave --cuda-graphs out")
     model = load_model(checkpoint, device=device, num_steps=num_steps)
     if threat is not None and not getattr(model, "events", False):
         raise RobustSNNError(f"--threat {threat} is the threat model of event attacks, but this model takes images: leave --threat "

@@ -210,15 +210,17 @@ def test_evaluate_through_the_replay_gives_the_same_result(tiny_model, eval_batc
         evaluate(tiny_model, x, y, graphs="tpu", **kw)
 
 
-def test_cli_refuses_cuda_graphs_without_cuda(tiny_checkpoint, data_dir):
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_cli_refuses_cuda_graphs_without_cuda(tiny_checkpoint, data_dir, device, monkeypatch):
     from click.testing import CliRunner
 
     from robust_snn.cli import main
 
-    r = CliRunner().invoke(main, ["attack", "--checkpoint", str(tiny_checkpoint), "--cuda-graphs", "--device", "cpu",
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # "auto" then means the CPU, on any machine
+    r = CliRunner().invoke(main, ["attack", "--checkpoint", str(tiny_checkpoint), "--cuda-graphs", "--device", device,
                                   "--limit", "8", "--data-dir", str(data_dir)])
-    assert r.exit_code != 0
-    assert "--cuda-graphs needs a CUDA device" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 1
+    assert "--cuda-graphs needs a CUDA device, but the attack runs on cpu" in r.output and "Traceback" not in r.output
 
 
 def test_first_call_in_inference_mode_then_without(small):
