@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
 
 from ..utils import versions, write_text_atomic
 from .results import GROUP, is_event_row, norm_of, worst_case_rows
@@ -56,6 +56,43 @@ def _num(v: Any) -> str:
     return "" if v is None or v == "" else f"{float(v):g}"
 
 
+#: a table column: its header and how a row's cell is written
+Column = Tuple[str, Callable[[Dict[str, Any]], Any]]
+
+
+def _md_table(columns: Sequence[Column], rows: Iterable[Dict[str, Any]]) -> List[str]:
+    """A markdown table: the header, its rule, one line per row, then a blank line."""
+    lines = ["| " + " | ".join(head for head, _ in columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(str(cell(r)) for _, cell in columns) + " |" for r in rows]
+    return lines + [""]
+
+
+def _ci(r: Dict[str, Any]) -> str:
+    return f"{_pct(r['ci_low'])}–{_pct(r['ci_high'])}"
+
+
+#: the columns every table starts with (the sweep's grid)
+_GRID: List[Column] = [("model", lambda r: r["model"]), ("defense", lambda r: r["defense"])]
+_SETTING: List[Column] = [("surrogate", lambda r: r["surrogate"]), ("T", lambda r: r["num_steps"])]
+_BUDGET: List[Column] = [("threat", norm_of), ("budget", lambda r: f"{r['eps']:g}")]
+_L0: List[Column] = [("L0 median", lambda r: _num(r.get("l0_median"))), ("L0 max", lambda r: _num(r.get("l0_max")))]
+_ROBUST: List[Column] = [("robust %", lambda r: _pct(r["robust_accuracy"])), ("95 % CI", _ci)]
+_N: List[Column] = [("n", lambda r: r["n"])]
+_CLEAN: List[Column] = [("clean %", lambda r: _pct(r["clean_accuracy"]))]
+_SECONDS: List[Column] = [("s", lambda r: f"{float(r['seconds']):.0f}")]
+_SEED: List[Column] = [("seed", lambda r: r["seed"])]
+_ATTACKS: List[Column] = [("attacks", lambda r: r["attacks"])]
+_ATTACK: List[Column] = [("attack", lambda r: r["attack"])]
+
+WORST_IMAGE_COLUMNS: List[Column] = (_GRID + _SETTING + _SEED + [("eps", lambda r: f"{r['eps']:g}")] + _N + _ROBUST
+                                     + [("with rejection %", lambda r: _pct(r["robust_accuracy_with_rejection"]))] + _ATTACKS)
+WORST_EVENT_COLUMNS: List[Column] = _GRID + _SETTING + _SEED + _BUDGET + _N + _ROBUST + _L0 + _ATTACKS
+CELL_IMAGE_COLUMNS: List[Column] = (_GRID + _ATTACK + _SETTING + [("eps", lambda r: f"{r['eps']:g}")] + _N + _CLEAN + _ROBUST
+                                    + [("detected %", lambda r: _pct(r.get("detection_rate"))),
+                                       ("w/ rejection %", lambda r: _pct(r.get("robust_accuracy_with_rejection")))] + _SECONDS)
+CELL_EVENT_COLUMNS: List[Column] = _GRID + _ATTACK + _SETTING + _BUDGET + _N + _CLEAN + _ROBUST + _L0 + _SECONDS
+
+
 IMAGE_CHECKS = ("All passed (the checks and tolerances of `robust-snn attack`): eps 0 equals clean, perturbations within budget, "
                 "iterative attacks at least as strong as single-step ones, accuracy non-increasing in eps, and, where a gradient-free "
                 "attack ran (Square, also as a suite's last stage), no sign of gradient masking.")
@@ -99,42 +136,19 @@ def write_report(out: Path, spec: Any, rows: List[Dict[str, Any]], *, complete: 
         return (w["model"], w["defense"], w["surrogate"], w["num_steps"], w["seed"], w["eps"])
 
     if image_rows or not event_rows:
-        lines += ["## Worst case over attacks (per sample)", "",
-                  "| model | defense | surrogate | T | seed | eps | n | robust % | 95 % CI | with rejection % | attacks |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for w in sorted((w for w in worst if not is_event_row(w)), key=order):
-            lines.append(f"| {w['model']} | {w['defense']} | {w['surrogate']} | {w['num_steps']} | {w['seed']} | {w['eps']:g} | {w['n']} | "
-                         f"{_pct(w['robust_accuracy'])} | {_pct(w['ci_low'])}–{_pct(w['ci_high'])} | {_pct(w['robust_accuracy_with_rejection'])} | {w['attacks']} |")
-        lines.append("")
+        lines += ["## Worst case over attacks (per sample)", ""]
+        lines += _md_table(WORST_IMAGE_COLUMNS, sorted((w for w in worst if not is_event_row(w)), key=order))
     if event_rows:
         lines += ["## Worst case over event attacks (per sample)", ""]
         for note in _event_notes(event_rows):
             lines += [note, ""]
-        lines += ["| model | defense | surrogate | T | seed | threat | budget | n | robust % | 95 % CI | L0 median | L0 max | attacks |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for w in sorted((w for w in worst if is_event_row(w)), key=order):
-            lines.append(f"| {w['model']} | {w['defense']} | {w['surrogate']} | {w['num_steps']} | {w['seed']} | {norm_of(w)} | {w['eps']:g} | "
-                         f"{w['n']} | {_pct(w['robust_accuracy'])} | {_pct(w['ci_low'])}–{_pct(w['ci_high'])} | {_num(w.get('l0_median'))} | "
-                         f"{_num(w.get('l0_max'))} | {w['attacks']} |")
-        lines.append("")
+        lines += _md_table(WORST_EVENT_COLUMNS, sorted((w for w in worst if is_event_row(w)), key=order))
     if image_rows or not event_rows:
-        lines += ["## All cells", "",
-                  "| model | defense | attack | surrogate | T | eps | n | clean % | robust % | 95 % CI | detected % | w/ rejection % | s |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in image_rows:
-            lines.append(f"| {r['model']} | {r['defense']} | {r['attack']} | {r['surrogate']} | {r['num_steps']} | {r['eps']:g} | {r['n']} | "
-                         f"{_pct(r['clean_accuracy'])} | {_pct(r['robust_accuracy'])} | {_pct(r['ci_low'])}–{_pct(r['ci_high'])} | "
-                         f"{_pct(r.get('detection_rate'))} | {_pct(r.get('robust_accuracy_with_rejection'))} | {float(r['seconds']):.0f} |")
-        lines.append("")
+        lines += ["## All cells", ""]
+        lines += _md_table(CELL_IMAGE_COLUMNS, image_rows)
     if event_rows:
-        lines += ["## All event cells", "",
-                  "| model | defense | attack | surrogate | T | threat | budget | n | clean % | robust % | 95 % CI | L0 median | L0 max | s |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in event_rows:
-            lines.append(f"| {r['model']} | {r['defense']} | {r['attack']} | {r['surrogate']} | {r['num_steps']} | {norm_of(r)} | {r['eps']:g} | "
-                         f"{r['n']} | {_pct(r['clean_accuracy'])} | {_pct(r['robust_accuracy'])} | {_pct(r['ci_low'])}–{_pct(r['ci_high'])} | "
-                         f"{_num(r.get('l0_median'))} | {_num(r.get('l0_max'))} | {float(r['seconds']):.0f} |")
-        lines.append("")
+        lines += ["## All event cells", ""]
+        lines += _md_table(CELL_EVENT_COLUMNS, event_rows)
     lines += ["## Plots", ""]
     for name in ("accuracy_vs_eps.png", "accuracy_vs_T.png", "accuracy_vs_budget.png", "accuracy_vs_T_events.png"):
         if (out / name).is_file():
