@@ -388,6 +388,9 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     n_limit = _limit(limit, DEFAULT_ATTACK_LIMIT)
     if surrogate is not None and surrogate != "ensemble":
         parse_spec(surrogate)
+    if cuda_graphs and resolve_device(device).type != "cuda":  # before anything is written or started
+        raise RobustSNNError(f"--cuda-graphs needs a CUDA device, but the attack runs on {resolve_device(device)}: add "
+                             "--device cuda (on a machine with CUDA), or leave --cuda-graphs out")
     if out:
         from .reporting import ATTACK_OUTPUTS
         from .utils import claim_outputs
@@ -395,9 +398,6 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
         claim_outputs(out, ATTACK_OUTPUTS, force=force)
     dd = distributed.init(device)
     device = distributed.device_for(device)
-    if cuda_graphs and resolve_device(device).type != "cuda":
-        raise RobustSNNError(f"--cuda-graphs needs a CUDA device, but the attack runs on {resolve_device(device)}: add "
-                             "--device cuda (on a machine with CUDA), or leave --cuda-graphs out")
     model = load_model(checkpoint, device=device, num_steps=num_steps)
     if threat is not None and not getattr(model, "events", False):
         raise RobustSNNError(f"--threat {threat} is the threat model of event attacks, but this model takes images: leave --threat "

@@ -265,7 +265,7 @@ class GraphedClassifier(nn.Module):
         # weights are read from their storage at every replay (in-place updates are seen; a replaced tensor is a new
         # key); the LIF constants are baked into the graph as numbers, so their values are part of the key (one copy)
         storage = tuple(t.data_ptr() for t in (*m.parameters(), *m.buffers()))
-        consts = [t.detach().reshape(-1).float() for l in neurons for t in (getattr(getattr(l, "neuron", None), "beta", None),
+        consts = [t.detach().reshape(-1).double() for l in neurons for t in (getattr(getattr(l, "neuron", None), "beta", None),
                                                                              getattr(getattr(l, "neuron", None), "threshold", None))
                   if isinstance(t, torch.Tensor)]
         constants = tuple(torch.cat(consts).cpu().tolist()) if consts else ()
