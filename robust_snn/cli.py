@@ -388,8 +388,8 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     n_limit = _limit(limit, DEFAULT_ATTACK_LIMIT)
     if surrogate is not None and surrogate != "ensemble":
         parse_spec(surrogate)
-    if cuda_graphs and resolve_device(device).type != "cuda":  # before anything is written or started
-        raise RobustSNNError(f"--cuda-graphs needs a CUDA device, but the attack runs on {resolve_device(device)}: add "
+    if cuda_graphs and (resolved := resolve_device(device)).type != "cuda":  # before anything is written or started
+        raise RobustSNNError(f"--cuda-graphs needs a CUDA device, but the attack runs on {resolved}: add "
                              "--device cuda (on a machine with CUDA), or leave --cuda-graphs out")
     if out:
         from .reporting import ATTACK_OUTPUTS

@@ -370,15 +370,17 @@ def _setup(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, jobs: Li
     chunks = Chunks(len(x), batch_size, rank=dist_info.rank if sharded else 0, world=dist_info.world if sharded else 1)
     # attacks, judging and the sanity checks given ``attacked`` replay graphs; detectors and surrogate switches act on the
     # models themselves (the graphs are keyed by the surrogate in use)
-    graphed_crafter = GraphedClassifier(crafter, backend=graphs).eval() if graphs else crafter
-    graphed_model = graphed_crafter if crafter is model else (GraphedClassifier(model, backend=graphs).eval() if graphs else model)
+    graphed_crafter, graphed_model = crafter, model
+    if graphs:
+        graphed_crafter = GraphedClassifier(crafter, backend=graphs).eval()
+        graphed_model = graphed_crafter if crafter is model else GraphedClassifier(model, backend=graphs).eval()
     return _Run(model=model, crafter=crafter, attacked=EOT(graphed_crafter, samples=eot).eval(),
                 judge=EOT(graphed_model, samples=n_eval).eval(),
                 detector=detector, source_model=source_model, x=x, y=y, jobs=jobs, chunks=chunks, device=device, seed=seed,
                 restarts=restarts, eot=eot, n_eval=n_eval, stochastic=stochastic, was_training=was_training,
                 n_classes=int(getattr(model, "config", {}).get("num_classes", 0) or 0), progress=progress,
                 keep_examples=keep_examples, graphs=graphs,
-                graph_wrappers=list({id(w): w for w in (graphed_crafter, graphed_model) if isinstance(w, GraphedClassifier)}.values()))
+                graph_wrappers=list(dict.fromkeys([graphed_crafter, graphed_model])) if graphs else [])
 
 
 def _clean_pass(run: _Run) -> None:
