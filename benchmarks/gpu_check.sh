@@ -70,8 +70,8 @@ python3 -c "import torch, triton; print(torch.__version__, triton.__version__, t
 nproc >> "$WORK/versions.txt"
 
 # The compiled kernels decide whether the rest runs with them; the interpreter's tests are recorded apart
-# (Triton 3.6's interpreter, on the first device run, could not take a runtime loop bound: a fault of that
-# interpreter, not of the kernels, which passed compiled).
+# (on the first device run Triton 3.6's interpreter with NumPy 2.4 could not take a runtime loop bound, a fault of
+# that interpreter, not of the kernels, which passed compiled; the loop bound T is a constexpr since).
 step triton-compiled 90 "python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_triton_lif.py > $WORK/triton-compiled.txt 2>&1"
 if [ "${LAST_RC:-1}" -ne 0 ]; then  # measure the rest without the kernel rather than not at all
     say "compiled Triton LIF tests did not pass: the remaining steps run with ROBUST_SNN_TRITON=0"

@@ -89,9 +89,11 @@ def surrogate_code(spike_fn: Callable) -> Tuple[int, float]:
 
 if triton is not None:
 
-    def _lif_fwd_kernel(cur_ptr, spk_ptr, mem_ptr, N, T, beta, thr,
+    def _lif_fwd_kernel(cur_ptr, spk_ptr, mem_ptr, N, T: tl.constexpr, beta, thr,
                         STATIC: tl.constexpr, RESET: tl.constexpr, KEEP_MEM: tl.constexpr, BLOCK: tl.constexpr):
         # one program: BLOCK neurons over all T steps; step t of a [T, N] tensor starts at t * N
+        # (T is a constexpr, one compile per number of steps: as a runtime scalar it reaches `range` as a
+        # one-element array under Triton < 3.8's interpreter, which NumPy >= 2.4 refuses to turn into an int)
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         c = tl.load(cur_ptr + offs, mask=mask, other=0.0)
@@ -115,7 +117,7 @@ if triton is not None:
             if KEEP_MEM:
                 tl.store(mem_ptr + t * N + offs, mem, mask=mask)
 
-    def _lif_bwd_kernel(mem_ptr, spk_ptr, gspk_ptr, gmem_ptr, d_ptr, gcur_ptr, N, T, beta, thr, p,
+    def _lif_bwd_kernel(mem_ptr, spk_ptr, gspk_ptr, gmem_ptr, d_ptr, gcur_ptr, N, T: tl.constexpr, beta, thr, p,
                         HAS_GSPK: tl.constexpr, HAS_GMEM: tl.constexpr, STATIC: tl.constexpr, RESET: tl.constexpr,
                         SURR: tl.constexpr, BLOCK: tl.constexpr):
         # g_mem[t] = g_spk[t] * s'(mem[t] - thr) + g_mem_out[t] + g_mem[t+1] * dmem[t+1]/dmem[t]
