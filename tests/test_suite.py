@@ -258,3 +258,17 @@ def test_a_stage_seed_offsets_the_runs_seed():
     jobs = _jobs([get_spec(st.attack) for st in suite.stages], suite, eps=[0.1], eps_l2=[], grads=[None], surrogate=None,
                  steps=None, queries=None, seed=10)
     assert [j.params["seed"] for j in jobs] == [10, 13, 11]
+
+
+def test_each_finished_stage_is_logged_for_long_runs(tiny_model, eval_batch, caplog):
+    """A --json run prints nothing until it ends; `robust-snn -v attack` shows one line per finished stage."""
+    import logging
+
+    x, y = eval_batch
+    with caplog.at_level(logging.INFO, logger="robust_snn.attacks.evaluate"):
+        res = _quiet(evaluate, tiny_model, x[:16], y[:16], attacks=["fgsm", "pgd"], eps=[0.1], steps=2)
+    lines = [r.getMessage() for r in caplog.records if "robust accuracy" in r.getMessage()]
+    assert len(lines) == len(res["results"]) == 2, lines
+    for line, row in zip(lines, res["results"]):
+        assert line.startswith(f"{row['attack']} at eps 0.1: {row['attacked']} attacked, {row['broken']} broken")
+        assert f"{100 * row['robust_accuracy']:.2f}%" in line

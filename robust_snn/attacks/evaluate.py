@@ -490,6 +490,9 @@ def _run_job(run: _Run, job: _Job) -> None:
         best = run.l0_broken.get(key, torch.full_like(flips, float("inf")))
         run.l0_broken[key] = torch.where(broke, torch.minimum(best, flips), best)
     run.results.append(row)
+    # one line per finished stage (`robust-snn -v attack`): the only sign of progress in a long --json run
+    log.info("%s at eps %g: %d attacked, %d broken, robust accuracy %.2f%% (%.0f s)", job.label, e, row["attacked"],
+             row["broken"], 100 * row["robust_accuracy"], seconds)
     robust_masks[key] = cumulative
     if detector is not None:
         rm = run.rejection_masks
