@@ -3,11 +3,13 @@
 # rerun this script as often as needed (on a 2-core CPU one recipe takes hours); each run continues from its
 # .state.pt sidecar after the last finished epoch, and finished recipes are skipped.
 #
-#   bash scripts/train_at_recipes.sh [OUT_DIR] [RECIPE ...]     (default OUT_DIR runs/at, every recipe)
+#   bash scripts/train_at_recipes.sh [OUT_DIR] [RECIPE ...]     (default OUT_DIR runs/at; default recipes: the first
+#                                                               six below, the CPU runs; name the GPU ones)
 #
 # Then evaluate each with the full standard suite on the first 1,000 test images:
 #   robust-snn attack --checkpoint OUT_DIR/NAME.pt --eps 0.3 --json > OUT_DIR/NAME.attack.json
-# TRAIN_AT_EXTRA (environment): options appended to every recipe's, e.g. "--limit 256 --epochs 1" for a smoke test.
+# TRAIN_AT_EXTRA (environment): options appended to every recipe's, e.g. "--limit 256 --epochs 1" for a smoke test
+# (give it an OUT_DIR of its own: its checkpoints would count as finished runs of the real recipes).
 set -euo pipefail
 out_dir=${1:-runs/at}
 shift || true

@@ -228,9 +228,9 @@ def test_recipe_script_skips_finished_runs_and_refuses_unknown_recipes(tmp_path)
     res = subprocess.run(["bash", str(script), str(tmp_path), "free-at"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "unknown recipe free-at" in res.stderr
     # every recipe the model card's table names is one the script knows (finished runs are skipped, not trained)
-    names = ["pgd-at", "trades-apgd-family", "pgd-apgd-family", "pgd-apgd-family-membrane", "pgd-apgd-family-wide",
-             "pgd-apgd-family-wide-membrane"]
+    names = ["pgd-at", "trades", "trades-apgd-family", "pgd-apgd-family", "trades-apgd-family-wide", "pgd-apgd-family-long",
+             "pgd-apgd-family-membrane", "pgd-apgd-family-wide", "pgd-apgd-family-wide-membrane"]
     for name in names:
         (tmp_path / f"csnn-mnist-at-{name}.pt").write_bytes(b"finished")
     res = subprocess.run(["bash", str(script), str(tmp_path), *names], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0 and res.stdout.count("finished") == len(names), res.stderr
+    assert res.returncode == 0 and res.stdout.count(": finished") == len(names), res.stderr
