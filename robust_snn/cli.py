@@ -325,6 +325,10 @@ DEFAULT_ATTACK_LIMIT = 1000
 @click.option("--calibration-size", type=int, default=1000, show_default=True, help="Clean images used to calibrate --detector.")
 @click.option("--cuda-graphs", is_flag=True, help="Replay each attack step as CUDA graphs (the same kernels, fewer launches; "
               "deterministic models on a CUDA device).")
+@click.option("--journal", type=click.Path(file_okay=False), default=None,
+              help="Record every finished batch of every attack in this folder; run the same command again with the same "
+              "--journal and it skips what is recorded: an interrupted run continues where it stopped, with the numbers an "
+              "uninterrupted run gives (same device type, any number of processes).")
 @data_dir_option
 @device_option
 @_user_errors
@@ -332,7 +336,8 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
            budget: Optional[str], threat: Optional[str], steps: Optional[int], queries: Optional[int], restarts: int, surrogate: Optional[str], eot_samples: Optional[int],
            samples: Optional[int], dataset: Optional[str], limit: Optional[str], num_steps: Optional[int], batch_size: int, seed: int,
            out: Optional[str], force: bool, as_json: bool, checks: bool, check_convergence: bool, defenses: tuple, detector: Optional[str],
-           adaptive: bool, calibration_size: int, cuda_graphs: bool, data_dir: Optional[str], device: str) -> None:
+           adaptive: bool, calibration_size: int, cuda_graphs: bool, journal: Optional[str], data_dir: Optional[str],
+           device: str) -> None:
     """Attack a checkpoint through surrogate gradients and report robust accuracy.
 
     By default runs the standard suite (a cascade of strong SNN-aware attacks, ending with
@@ -396,6 +401,10 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
         from .utils import claim_outputs
 
         claim_outputs(out, ATTACK_OUTPUTS, force=force)
+    if journal:
+        from .attacks.journal import prepare_root
+
+        prepare_root(journal)
     dd = distributed.init(device)
     device = distributed.device_for(device)
     model = load_model(checkpoint, device=device, num_steps=num_steps)
@@ -419,7 +428,8 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
                           eps_l2=eps_l2_list, eps_l0=budget_list, steps=steps, queries=queries, restarts=restarts, surrogate=surrogate,
                           eot_samples=eot_samples, samples=samples, batch_size=batch_size, seed=seed, checks=checks,
                           progress=not as_json and dd.is_main, keep_examples=out is not None, source_model=source,
-                          convergence=check_convergence, threat=threat, graphs="cuda" if cuda_graphs else None)
+                          convergence=check_convergence, threat=threat, graphs="cuda" if cuda_graphs else None,
+                          journal=journal, journal_note={"checkpoint": model.checkpoint_path, "command": _command_line()})
     distributed.shutdown()
     if not dd.is_main:
         return
@@ -441,6 +451,9 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
     for note in notes:
         click.echo(f"note: {note}", err=True)
     click.echo(format_table(result))
+    if journal:
+        j = result["journal"]
+        click.echo(f"journal: {j['reused_chunks']} finished batches reused, {j['written_chunks']} recorded ({j['dir']})")
     if out:
         click.echo(f"wrote {', '.join(summary['files'])}")
 

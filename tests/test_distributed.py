@@ -162,6 +162,30 @@ def test_sharded_attack_equals_the_single_process_run(encoding, tiny_checkpoint,
     assert len(a["adversarial"]) == (6 if "detector" in encoding else 4) and _same(a, b)  # the adversarial images themselves, bit for bit
 
 
+def test_a_killed_torchrun_attack_resumes_from_its_journal_in_one_process(tiny_checkpoint, data_dir, tmp_path):
+    """SIGKILL a sharded run mid-way; one process finishes it from the journal, with the uninterrupted numbers."""
+    journal = tmp_path / "journal"
+    args = ["attack", "--checkpoint", str(tiny_checkpoint), "--limit", "256", "--batch-size", "32", "--suite", "validation",
+            "--eps", "0.05,0.15", "--steps", "10", "--json"]
+    proc = _torchrun([*args, "--journal", str(journal)], data_dir, popen=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(list(journal.rglob("chunks/*.pt"))) < 2:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the attack ended before it could be killed"
+    _kill_all(str(journal))
+    proc.wait()
+    runner = CliRunner()
+    resumed = runner.invoke(main, [*args, "--journal", str(journal), "--data-dir", str(data_dir)])
+    assert resumed.exit_code == 0, resumed.output
+    resumed = json.loads(resumed.output)
+    assert resumed["journal"]["reused_chunks"] >= 2 and resumed["journal"]["written_chunks"] > 0
+    plain = runner.invoke(main, [*args, "--data-dir", str(data_dir)])
+    assert plain.exit_code == 0, plain.output
+    plain = json.loads(plain.output)
+    assert plain["worst_case"][-1]["robust_accuracy"] < plain["clean_accuracy"]
+    assert {k: v for k, v in _strip(resumed).items() if k != "journal"} == _strip(plain)
+
+
 def _same(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)

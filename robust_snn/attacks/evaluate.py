@@ -6,6 +6,7 @@ every attack of that norm failed on it.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -25,6 +26,7 @@ from ..threat import THREAT_MODELS
 from .checks import TOL_BOUND, check_convergence, check_model, check_results
 from .eot import EOT
 from .guard import GradGuard
+from .journal import Journal, fingerprint, model_fingerprint
 from .losses import margins
 from .result import EvaluationResult, result_key
 from .registry import AttackSpec, attack_params, build_attack, event_attack_names, get_spec, parse_attack
@@ -116,6 +118,8 @@ def evaluate(
     convergence: bool = False,
     threat: Optional[str] = None,
     graphs: Optional[str] = None,
+    journal: Optional[str | os.PathLike] = None,
+    journal_note: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Attack ``model`` on ``(x, y)`` with every attack at every budget.
 
@@ -168,6 +172,11 @@ def evaluate(
             gradients as CUDA graphs (:class:`~robust_snn.graphs.GraphedClassifier`: same
             numbers, fewer kernel launches; deterministic models on CUDA, the rest runs as
             usual); ``"eager"``: the same wrapper without graphs (its CPU reference); ``None``: off.
+        journal: a folder to record every finished chunk of every attack in, and to load
+            them from: rerun an interrupted evaluation with the same folder and it skips what
+            is recorded, with exactly the numbers an uninterrupted run gives (on the same
+            device type; any number of processes). See :mod:`robust_snn.attacks.journal`.
+        journal_note: what to write into the journal's ``run.json`` for a human (e.g. the command).
 
     With a detector (``model.detector``, e.g. :class:`~robust_snn.defenses.Defended`),
     every row also reports the detection rate of successful examples, the AUROC of
@@ -241,6 +250,8 @@ def evaluate(
     run = _setup(model, x, y, jobs=jobs, detector=detector, source_model=source_model, eot_samples=eot_samples, samples=samples,
                  restarts=restarts, batch_size=batch_size, seed=seed, shard=shard, progress=progress, keep_examples=keep_examples,
                  graphs=graphs)
+    if journal is not None:
+        run.journal = _open_journal(journal, run, note=journal_note)
     check_list: List[Dict[str, Any]] = []
     convergence_record: Optional[Dict[str, Any]] = None
     try:
@@ -267,6 +278,8 @@ def evaluate(
     if convergence_record is not None:
         check_list.append(check_convergence(**convergence_record))
     out = _summary(run, check_list, surrogate=surrogate, suite=the_suite, stages=stages)
+    if run.journal is not None:
+        out["journal"] = _journal_stats(run)
     if getattr(model, "events", False):
         out["threat"] = event_threat
     return out
@@ -331,6 +344,8 @@ class _Run:
     #: the graph backend attacks and judging ran through (None: the models themselves)
     graphs: Optional[str] = None
     graph_wrappers: List[GraphedClassifier] = field(default_factory=list)
+    #: finished chunks on disk (``evaluate(journal=...)``)
+    journal: Optional[Journal] = None
 
     @property
     def n(self) -> int:
@@ -383,6 +398,29 @@ def _setup(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, jobs: Li
                 graph_wrappers=list(dict.fromkeys([graphed_crafter, graphed_model])) if graphs else [])
 
 
+def _open_journal(root: str | os.PathLike, run: _Run, *, note: Optional[Dict[str, Any]]) -> Journal:
+    """The journal of this evaluation: its folder is named by everything that decides the results."""
+    from .. import __version__
+
+    detector = run.detector
+    # the data is part of each chunk's key instead: a run on the first N images and one on all share their first chunks
+    key = fingerprint("evaluate", __version__, model_fingerprint(run.model), model_fingerprint(run.source_model),
+                      None if detector is None else (detector.spec(), float(detector.threshold)), run.seed,
+                      len(run.chunks.all[0]) if run.chunks.all else 0, run.eot, run.n_eval, run.device.type)
+    j = Journal(root, key, describe={"robust_snn": __version__, "seed": run.seed, **(note or {})})
+    log.info("journal: %s", j.dir)
+    return j
+
+
+def _journal_stats(run: _Run) -> Dict[str, Any]:
+    """The journal's folder and its reused/written chunks, summed over every rank."""
+    assert run.journal is not None
+    st = run.journal.stats()
+    reused, written = (run.journal.reused, run.journal.written) if run.chunks.world == 1 else \
+        distributed.sum_floats([float(run.journal.reused), float(run.journal.written)])
+    return {**st, "reused_chunks": int(reused), "written_chunks": int(written)}
+
+
 def _clean_pass(run: _Run) -> None:
     """Clean logits, accuracy and (with a detector) clean scores."""
     chunks, x = run.chunks, run.x
@@ -413,7 +451,7 @@ def _run_job(run: _Run, job: _Job) -> None:
     found_l0 = torch.full((n,), float("inf")) if spec.minimum_norm and job.norm in EVENT_THREATS else None
     x_adv, adv_logits = _attack_all(spec, job.params, e, x, y, clean_logits, grads=job.grads, restarts=run.restarts,
                                     chunks=chunks, progress=run.progress, active=active, threat_name=job.threat_name,
-                                    found_l0=found_l0, **run.common())
+                                    found_l0=found_l0, journal=run.journal, **run.common())
     x_adv, adv_logits = chunks.gather(x_adv), chunks.gather(adv_logits)
     if found_l0 is not None:
         found_l0 = chunks.gather(found_l0)
@@ -673,13 +711,15 @@ def _auroc(neg: torch.Tensor, pos: torch.Tensor) -> float:
 
 def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, x, y, clean_logits, *, model, attacked, judge,
                 grads, restarts, chunks: Chunks, reseed, n_classes, eot, device, progress, active=None,
-                threat_name: Optional[str] = None, found_l0: Optional[torch.Tensor] = None) -> tuple:
+                threat_name: Optional[str] = None, found_l0: Optional[torch.Tensor] = None,
+                journal: Optional[Journal] = None) -> tuple:
     """Adversarial examples for this rank's chunks of x (clean-misclassified inputs are left as they are).
 
     ``active``: attack only these samples (a cascade's survivors); the others keep ``x``.
     ``threat_name``: the threat model a minimum-norm event attack's examples must lie in
     (default: the spec's own). ``found_l0`` (``[n]``, inf): updated in place with the smallest
     L0 a minimum-L0 attack found per sample (its ``last_l0``), also beyond the budget.
+    ``journal``: load each chunk's results from it when recorded, record them when computed.
 
     Each chunk runs every surrogate and restart on its own still-robust samples, after
     reseeding for that chunk. Rows of other ranks' chunks keep ``x`` and the clean logits.
@@ -705,6 +745,16 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, x, y, clean_
         todo = a + torch.nonzero(ok[a:b]).squeeze(1)
         if len(todo) == 0:
             continue
+        key = None
+        if journal is not None:  # everything that decides this chunk's results, beyond the run's own fingerprint
+            key = journal.chunk_key(spec.name, params, e, grads, restarts, threat_name, found_l0 is not None, c, a, b, ok[a:b],
+                                    x[a:b], y[a:b])
+            entry = journal.load(key)
+            if entry is not None:
+                x_adv[a:b], adv_logits[a:b], best_margin[a:b] = entry["x_adv"], entry["logits"], entry["margin"]
+                if found_l0 is not None:
+                    found_l0[a:b] = entry["found_l0"]
+                continue
         reseed(c)
         for g in grads:
             with use_surrogate(model, g):
@@ -741,4 +791,7 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, x, y, clean_
                     x_adv[sel] = adv.cpu()[better]
                     adv_logits[sel] = lg[better]
                     best_margin[sel] = m[better]
+        if key is not None:
+            journal.save(key, x_adv=x_adv[a:b], logits=adv_logits[a:b], margin=best_margin[a:b],
+                         **({} if found_l0 is None else {"found_l0": found_l0[a:b]}))
     return x_adv, adv_logits

@@ -1,0 +1,134 @@
+"""A journal of finished attack batches, so a long evaluation survives being stopped.
+
+A full-split standard-suite run takes hours on a CPU. With a journal, every finished
+chunk of every attack (its adversarial examples, their logits and margins) is written
+to disk at once, and a rerun of the same evaluation loads it instead of attacking the
+chunk again. Chunks are reseeded on their own (see :class:`~robust_snn.distributed.Chunks`),
+so a resumed run gives exactly the numbers of an uninterrupted one, on any number of
+processes; at most the chunk in flight is lost.
+
+Entries are keyed by a fingerprint of everything that decides them (weights, seed, batch
+size, the attack and its hyperparameters, the chunk, its images and which of them were
+still robust), so an entry is never used for another evaluation: a changed model, seed,
+batch size or code version starts a new run folder beside the old one, changed attack
+settings new entries. A run on the first N test images and a later one on all of them
+share their first N // batch_size chunks.
+
+(torch's own checkpointing stores models, not partial evaluations; torchattacks and
+AutoAttack have nothing like it, hence this small module.)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from ..errors import RobustSNNError
+from ..utils import atomic_path, ensure_writable_dir
+
+log = logging.getLogger(__name__)
+
+#: bump when the meaning of an entry changes: old journals are then ignored, not misread
+FORMAT = 1
+
+
+def _update(h: "hashlib._Hash", value: Any) -> None:
+    """Feed ``value`` into ``h``: tensors by dtype, shape and bytes; everything else by its ``repr``."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, dict):
+        for k in sorted(value, key=str):
+            h.update(repr(k).encode())
+            _update(h, value[k])
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{type(value).__name__}{len(value)}".encode())
+        for v in value:
+            _update(h, v)
+    else:
+        h.update(repr(value).encode())
+
+
+def fingerprint(*parts: Any) -> str:
+    """A SHA-256 hex digest of ``parts`` (tensors by their exact bytes)."""
+    h = hashlib.sha256()
+    _update(h, parts)
+    return h.hexdigest()
+
+
+def model_fingerprint(model: Optional[torch.nn.Module]) -> str:
+    """Weights, buffers and structure (``repr``: layers, surrogates, preprocessors) of ``model``."""
+    if model is None:
+        return "none"
+    state = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    return fingerprint(repr(model), state, getattr(model, "config", None), getattr(model, "num_steps", None))
+
+
+def prepare_root(root: str | os.PathLike) -> Path:
+    """``root`` as a writable folder (created if missing), before any long work starts."""
+    p = Path(root)
+    if p.exists() and not p.is_dir():
+        raise RobustSNNError(f"--journal {p} is a file, not a folder; choose a folder")
+    return ensure_writable_dir(p, option="--journal")
+
+
+class Journal:
+    """Finished chunks of one evaluation, in ``root/<run fingerprint>/``.
+
+    Args:
+        root: the folder the user named (``attack --journal``); created if missing.
+        run_key: the fingerprint of the evaluation (model, data, seed, batch size, ...).
+        describe: what to write to ``run.json`` for a human reading the folder.
+    """
+
+    def __init__(self, root: str | os.PathLike, run_key: str, *, describe: Optional[Dict[str, Any]] = None) -> None:
+        self.dir = prepare_root(root) / run_key[:24]
+        (self.dir / "chunks").mkdir(parents=True, exist_ok=True)
+        manifest = self.dir / "run.json"
+        if not manifest.exists():  # for a human opening the folder (under torchrun every rank may write it; same content)
+            with atomic_path(manifest) as tmp:
+                tmp.write_text(json.dumps({"format": FORMAT, "fingerprint": run_key, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                           **(describe or {})}, indent=2, default=str) + "\n")
+        self.run_key = run_key
+        self.reused = 0
+        self.written = 0
+
+    def _path(self, key: str) -> Path:
+        return self.dir / "chunks" / f"{key[:32]}.pt"
+
+    def load(self, key: str) -> Optional[Dict[str, torch.Tensor]]:
+        """The entry ``key``, or ``None`` (never written, or unreadable: then it is recomputed)."""
+        p = self._path(key)
+        if not p.is_file():
+            return None
+        try:
+            entry = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # a damaged file costs one chunk of work, not the run
+            log.warning("journal entry %s is unreadable (%s); attacking that chunk again", p, e)
+            return None
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            log.warning("journal entry %s belongs to another chunk; attacking that chunk again", p)
+            return None
+        self.reused += 1
+        return entry
+
+    def save(self, key: str, **tensors: torch.Tensor) -> None:
+        """Write the entry ``key`` atomically (a stopped write leaves no entry behind)."""
+        with atomic_path(self._path(key)) as tmp:
+            torch.save({"key": key, **{k: v.detach().cpu().clone() for k, v in tensors.items()}}, tmp)
+        self.written += 1
+
+    def stats(self) -> Dict[str, Any]:
+        """Where the entries are, and how many this run reused and wrote (this process only)."""
+        return {"dir": str(self.dir), "reused_chunks": self.reused, "written_chunks": self.written}
+
+    def chunk_key(self, *parts: Any) -> str:
+        """The key of one chunk of one attack: the run's fingerprint and what decides this chunk."""
+        return fingerprint(FORMAT, self.run_key, *parts)
