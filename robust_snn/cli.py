@@ -26,7 +26,11 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except RobustSNNError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
-            click.echo("interrupted; no partial results were written", err=True)
+            if kwargs.get("journal"):  # attack --journal: the finished batches are on disk
+                click.echo(f"interrupted; the finished batches are kept in --journal {kwargs['journal']}: run the same "
+                           "command again to continue", err=True)
+            else:
+                click.echo("interrupted; no partial results were written", err=True)
             sys.exit(130)
 
     return wrapper

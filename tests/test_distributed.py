@@ -171,19 +171,23 @@ def test_a_killed_torchrun_attack_resumes_from_its_journal_in_one_process(tiny_c
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and len(list(journal.rglob("chunks/*.pt"))) < 2:
         time.sleep(0.02)
-    assert proc.poll() is None, "the attack ended before it could be killed"
+    assert proc.poll() is None, "the attack ended before it could be killed: " + proc.communicate()[1][-3000:]
     _kill_all(str(journal))
     proc.wait()
     runner = CliRunner()
-    resumed = runner.invoke(main, [*args, "--journal", str(journal), "--data-dir", str(data_dir)])
+    resumed = runner.invoke(main, [*args, "--journal", str(journal), "--data-dir", str(data_dir), "--out", str(tmp_path / "r")])
     assert resumed.exit_code == 0, resumed.output
     resumed = json.loads(resumed.output)
     assert resumed["journal"]["reused_chunks"] >= 2 and resumed["journal"]["written_chunks"] > 0
-    plain = runner.invoke(main, [*args, "--data-dir", str(data_dir)])
+    plain = runner.invoke(main, [*args, "--data-dir", str(data_dir), "--out", str(tmp_path / "p")])
     assert plain.exit_code == 0, plain.output
     plain = json.loads(plain.output)
     assert plain["worst_case"][-1]["robust_accuracy"] < plain["clean_accuracy"]
-    assert {k: v for k, v in _strip(resumed).items() if k != "journal"} == _strip(plain)
+    assert {k: v for k, v in _strip(resumed).items() if k not in ("journal", "files")} == \
+        {k: v for k, v in _strip(plain).items() if k != "files"}
+    a = torch.load(tmp_path / "r" / "adversarial.pt", weights_only=True)
+    b = torch.load(tmp_path / "p" / "adversarial.pt", weights_only=True)
+    assert len(a["adversarial"]) == 3 * 2 and _same(a, b)  # 3 stages x 2 budgets: the images themselves, bit for bit
 
 
 def _same(a, b) -> bool:

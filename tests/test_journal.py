@@ -101,6 +101,57 @@ def test_a_run_on_more_images_reuses_the_chunks_of_a_shorter_one(tiny_checkpoint
     _same(uninterrupted, full)
 
 
+@pytest.fixture(scope="module")
+def rate_model(tmp_path_factory, data_dir):
+    """A tiny rate-coded (stochastic) CSNN: EOT over encoder draws, judged on averaged draws."""
+    from robust_snn import load_model
+    from robust_snn.training import TrainSettings, train
+
+    out = tmp_path_factory.mktemp("rate") / "rate.pt"
+    settings = TrainSettings(epochs=2, batch_size=50, lr=5e-3, limit=1500, val_split=0.0, test_limit=100, seed=0)
+    train({"arch": "csnn", "channels": [4, 8], "hidden": [32], "num_steps": 6, "encoding": "rate", "threshold": 0.3},
+          settings, out=out, data_dir=str(data_dir), device="cpu", progress=False)
+    return load_model(out)
+
+
+def test_a_stochastic_model_resumes_with_the_same_draws(rate_model, batch, tmp_path, monkeypatch):
+    x, y = batch
+    kw = dict(eot_samples=2, samples=2, eps=[0.15])
+    plain = _run(rate_model, x, y, **kw)
+    assert plain["stochastic"] and plain["worst_case"][0]["robust_accuracy"] < plain["clean_accuracy"]
+    real = Journal.save
+    saved = {"n": 0}
+
+    def killed(self, key, **tensors):
+        if saved["n"] == 2:
+            raise KeyboardInterrupt
+        saved["n"] += 1
+        real(self, key, **tensors)
+
+    monkeypatch.setattr(Journal, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _run(rate_model, x, y, journal=tmp_path, **kw)
+    monkeypatch.setattr(Journal, "save", real)
+    resumed = _run(rate_model, x, y, journal=tmp_path, **kw)
+    assert resumed["journal"]["reused_chunks"] == 2 and resumed["journal"]["written_chunks"] > 0
+    _same(plain, resumed)
+
+
+@pytest.mark.parametrize("change", ["defense", "draws"])
+def test_settings_that_change_the_results_never_share_entries(change, tiny_model, rate_model, batch, tmp_path):
+    """Quantization with 4 bits or 2 (settings outside the weights); 1 EOT draw and 16 judging draws or 11 and 6."""
+    from robust_snn.defenses.registry import build_defended
+
+    x, y = batch
+    if change == "defense":
+        runs = [dict(model=build_defended(tiny_model, [f"quantize:bits={b}"], None)) for b in (4, 2)]
+    else:
+        runs = [dict(model=rate_model, eot_samples=1, samples=16), dict(model=rate_model, eot_samples=11, samples=6)]
+    first, second = (_run(r.pop("model"), x, y, journal=tmp_path, eps=[0.15], **r) for r in runs)
+    assert first["journal"]["written_chunks"] > 0
+    assert second["journal"]["reused_chunks"] == 0 and second["journal"]["dir"] != first["journal"]["dir"]
+
+
 def test_a_damaged_entry_is_attacked_again(tiny_model, batch, uninterrupted, tmp_path, caplog):
     first = _run(tiny_model, *batch, journal=tmp_path)
     entries = sorted((tmp_path / first["journal"]["dir"].split("/")[-1] / "chunks").glob("*.pt"))
@@ -110,6 +161,11 @@ def test_a_damaged_entry_is_attacked_again(tiny_model, batch, uninterrupted, tmp
     assert second["journal"]["written_chunks"] == 1 and second["journal"]["reused_chunks"] == len(entries) - 1
     assert "unreadable" in caplog.text
     _same(uninterrupted, second)
+    # an entry that loads but does not hold this chunk's tensors (e.g. written by another version): attacked again
+    torch.save({"key": "something else", "x_adv": torch.zeros(1)}, entries[1])
+    third = _run(tiny_model, *batch, journal=tmp_path)
+    assert third["journal"]["written_chunks"] == 1 and "does not hold this chunk's results" in caplog.text
+    _same(uninterrupted, third)
 
 
 def test_cli_journal_skips_finished_batches_and_refuses_a_file(tiny_checkpoint, tmp_path):
@@ -122,8 +178,16 @@ def test_cli_journal_skips_finished_batches_and_refuses_a_file(tiny_checkpoint, 
     assert second.exit_code == 0, second.output
     out = json.loads(second.output)
     assert out["journal"]["written_chunks"] == 0 and out["journal"]["reused_chunks"] > 0
-    worst = first.output.split("worst case over attacks")[1]  # the resumed run reports what the first one printed
-    assert f"{100 * out['worst_case'][0]['robust_accuracy']:.1f}" in worst
+    plain = CliRunner().invoke(main, [a for a in args if a not in ("--journal", str(tmp_path / "j"))] + ["--json"])
+    assert plain.exit_code == 0, plain.output
+    plain = json.loads(plain.output)
+    timing = {"seconds", "img_per_s", "clean_seconds", "command", "journal"}
+
+    def strip(o):
+        return {k: strip(v) for k, v in o.items() if k not in timing} if isinstance(o, dict) else \
+            [strip(v) for v in o] if isinstance(o, list) else o
+
+    assert strip(out) == strip(plain)  # every number of the run that attacked nothing equals a run without a journal
     (tmp_path / "file").write_text("mine")
     bad = CliRunner().invoke(main, args[:-1] + [str(tmp_path / "file")])
     assert bad.exit_code == 2 and "Traceback" not in bad.output  # click's usage error, as for --out

@@ -26,7 +26,7 @@ from ..threat import THREAT_MODELS
 from .checks import TOL_BOUND, check_convergence, check_model, check_results
 from .eot import EOT
 from .guard import GradGuard
-from .journal import Journal, fingerprint, model_fingerprint
+from .journal import Journal, code_fingerprint, fingerprint, model_fingerprint
 from .losses import margins
 from .result import EvaluationResult, result_key
 from .registry import AttackSpec, attack_params, build_attack, event_attack_names, get_spec, parse_attack
@@ -175,7 +175,8 @@ def evaluate(
         journal: a folder to record every finished chunk of every attack in, and to load
             them from: rerun an interrupted evaluation with the same folder and it skips what
             is recorded, with exactly the numbers an uninterrupted run gives (on the same
-            device type; any number of processes). See :mod:`robust_snn.attacks.journal`.
+            device type; any number of processes; every rank must pass it). See
+            :mod:`robust_snn.attacks.journal`.
         journal_note: what to write into the journal's ``run.json`` for a human (e.g. the command).
 
     With a detector (``model.detector``, e.g. :class:`~robust_snn.defenses.Defended`),
@@ -355,9 +356,9 @@ class _Run:
         """RNGs of chunk ``chunk`` (torch and the model's encoder): results independent of sharding."""
         s = self.seed + CHUNK_SEED_STRIDE * chunk
         torch.manual_seed(s)
-        enc = getattr(self.model, "encoder", None)
-        if enc is not None and hasattr(enc, "reseed"):
-            enc.reseed(s)
+        encoders = [getattr(m, "encoder", None) for m in (self.model, self.source_model) if m is not None]
+        for enc in dict.fromkeys(e for e in encoders if e is not None and hasattr(e, "reseed")):
+            enc.reseed(s)  # a transfer source with an encoder of its own too: its draws must not run on across chunks
 
     def common(self) -> Dict[str, Any]:
         """The keyword arguments every :func:`_attack_all` call shares."""
@@ -404,9 +405,10 @@ def _open_journal(root: str | os.PathLike, run: _Run, *, note: Optional[Dict[str
 
     detector = run.detector
     # the data is part of each chunk's key instead: a run on the first N images and one on all share their first chunks
-    key = fingerprint("evaluate", __version__, model_fingerprint(run.model), model_fingerprint(run.source_model),
-                      None if detector is None else (detector.spec(), float(detector.threshold)), run.seed,
-                      len(run.chunks.all[0]) if run.chunks.all else 0, run.eot, run.n_eval, run.device.type)
+    key = fingerprint("evaluate", code_fingerprint(), model_fingerprint(run.model), model_fingerprint(run.source_model),
+                      None if detector is None else (detector.spec(), float(detector.threshold)), ("seed", run.seed),
+                      ("batch", len(run.chunks.all[0]) if run.chunks.all else 0), ("eot", run.eot), ("judge", run.n_eval),
+                      run.device.type)
     j = Journal(root, key, describe={"robust_snn": __version__, "seed": run.seed, **(note or {})})
     log.info("journal: %s", j.dir)
     return j
@@ -747,9 +749,12 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, x, y, clean_
             continue
         key = None
         if journal is not None:  # everything that decides this chunk's results, beyond the run's own fingerprint
+            # the clean logits too: whatever changed the model and escaped the run's fingerprint changes them
             key = journal.chunk_key(spec.name, params, e, grads, restarts, threat_name, found_l0 is not None, c, a, b, ok[a:b],
-                                    x[a:b], y[a:b])
-            entry = journal.load(key)
+                                    x[a:b], y[a:b], clean_logits[a:b])
+            like = {"x_adv": x_adv[a:b], "logits": adv_logits[a:b], "margin": best_margin[a:b],
+                    **({} if found_l0 is None else {"found_l0": found_l0[a:b]})}
+            entry = journal.load(key, like)
             if entry is not None:
                 x_adv[a:b], adv_logits[a:b], best_margin[a:b] = entry["x_adv"], entry["logits"], entry["margin"]
                 if found_l0 is not None:

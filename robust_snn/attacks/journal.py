@@ -9,8 +9,9 @@ processes; at most the chunk in flight is lost.
 
 Entries are keyed by a fingerprint of everything that decides them (weights, seed, batch
 size, the attack and its hyperparameters, the chunk, its images and which of them were
-still robust), so an entry is never used for another evaluation: a changed model, seed,
-batch size or code version starts a new run folder beside the old one, changed attack
+still robust, their clean logits), so an entry is never used for another evaluation: a
+changed model, defense, seed, batch size, EOT or judging draws, robust_snn code or
+torch/torchattacks version starts a new run folder beside the old one, changed attack
 settings new entries. A run on the first N test images and a later one on all of them
 share their first N // batch_size chunks.
 
@@ -29,13 +30,14 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from .. import distributed
 from ..errors import RobustSNNError
 from ..utils import atomic_path, ensure_writable_dir
 
 log = logging.getLogger(__name__)
 
 #: bump when the meaning of an entry changes: old journals are then ignored, not misread
-FORMAT = 1
+FORMAT = 2
 
 
 def _update(h: "hashlib._Hash", value: Any) -> None:
@@ -44,16 +46,37 @@ def _update(h: "hashlib._Hash", value: Any) -> None:
         t = value.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, bytes):
+        h.update(f"bytes:{len(value)}:".encode())
+        h.update(value)
     elif isinstance(value, dict):
         for k in sorted(value, key=str):
-            h.update(repr(k).encode())
+            _update(h, k)
             _update(h, value[k])
     elif isinstance(value, (list, tuple)):
         h.update(f"{type(value).__name__}{len(value)}".encode())
         for v in value:
             _update(h, v)
-    else:
-        h.update(repr(value).encode())
+    else:  # typed and length-prefixed: 1 then 16 never reads as 11 then 6
+        r = repr(value)
+        h.update(f"{type(value).__name__}:{len(r)}:{r};".encode())
+
+
+def code_fingerprint() -> str:
+    """The versions of torch and torchattacks and the bytes of every robust_snn source file: edited code or an
+    upgrade starts a new run folder (run an evaluation that spans days from a fixed checkout)."""
+    global _CODE
+    if _CODE is None:
+        import torchattacks
+
+        root = Path(__file__).resolve().parent.parent
+        files = sorted(root.rglob("*.py"))
+        _CODE = fingerprint(torch.__version__, torchattacks.__version__,
+                            [(str(f.relative_to(root)), f.read_bytes()) for f in files])
+    return _CODE
+
+
+_CODE: Optional[str] = None
 
 
 def fingerprint(*parts: Any) -> str:
@@ -92,7 +115,7 @@ class Journal:
         self.dir = prepare_root(root) / run_key[:24]
         (self.dir / "chunks").mkdir(parents=True, exist_ok=True)
         manifest = self.dir / "run.json"
-        if not manifest.exists():  # for a human opening the folder (under torchrun every rank may write it; same content)
+        if not manifest.exists() and distributed.info().is_main:  # for a human opening the folder; rank 0 alone writes it
             with atomic_path(manifest) as tmp:
                 tmp.write_text(json.dumps({"format": FORMAT, "fingerprint": run_key, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                            **(describe or {})}, indent=2, default=str) + "\n")
@@ -103,8 +126,9 @@ class Journal:
     def _path(self, key: str) -> Path:
         return self.dir / "chunks" / f"{key[:32]}.pt"
 
-    def load(self, key: str) -> Optional[Dict[str, torch.Tensor]]:
-        """The entry ``key``, or ``None`` (never written, or unreadable: then it is recomputed)."""
+    def load(self, key: str, like: Dict[str, torch.Tensor]) -> Optional[Dict[str, torch.Tensor]]:
+        """The entry ``key`` if it holds a tensor of the same shape and dtype for each of ``like``; else ``None``
+        (never written, unreadable or damaged: then the chunk is attacked again)."""
         p = self._path(key)
         if not p.is_file():
             return None
@@ -113,16 +137,22 @@ class Journal:
         except Exception as e:  # a damaged file costs one chunk of work, not the run
             log.warning("journal entry %s is unreadable (%s); attacking that chunk again", p, e)
             return None
-        if not isinstance(entry, dict) or entry.get("key") != key:
-            log.warning("journal entry %s belongs to another chunk; attacking that chunk again", p)
+        if not isinstance(entry, dict) or entry.get("key") != key or not all(
+                isinstance(entry.get(k), torch.Tensor) and entry[k].shape == v.shape and entry[k].dtype == v.dtype
+                for k, v in like.items()):
+            log.warning("journal entry %s does not hold this chunk's results; attacking that chunk again", p)
             return None
         self.reused += 1
         return entry
 
     def save(self, key: str, **tensors: torch.Tensor) -> None:
         """Write the entry ``key`` atomically (a stopped write leaves no entry behind)."""
-        with atomic_path(self._path(key)) as tmp:
-            torch.save({"key": key, **{k: v.detach().cpu().clone() for k, v in tensors.items()}}, tmp)
+        try:
+            with atomic_path(self._path(key)) as tmp:
+                torch.save({"key": key, **{k: v.detach().cpu().clone() for k, v in tensors.items()}}, tmp)
+        except OSError as e:
+            raise RobustSNNError(f"--journal {self.dir}: cannot record a finished batch ({e.strerror or e}); what is "
+                                 "recorded is kept: free space (or fix permissions) and run the same command again") from None
         self.written += 1
 
     def stats(self) -> Dict[str, Any]:

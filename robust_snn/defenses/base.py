@@ -44,6 +44,9 @@ class Preprocessor(nn.Module):
         p = self.params()
         return self.name + (":" + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items()) if p else "")
 
+    def extra_repr(self) -> str:
+        return self.spec()  # repr(model) names the settings (the attack journal's fingerprint relies on it)
+
 
 class Detector(nn.Module):
     """Adversarial-input detector: ``score(x) -> [B]`` (higher = more suspicious) and a threshold.
@@ -109,6 +112,9 @@ class Detector(nn.Module):
 
     def spec(self) -> str:
         return f"{self.name}:fpr={self.fpr:g}"
+
+    def extra_repr(self) -> str:
+        return self.spec()
 
 
 class Defended(nn.Module):
