@@ -33,9 +33,8 @@ def _same(a, b):
 
 
 @pytest.fixture(scope="module")
-def batch(mnist_test):
-    x, y = mnist_test
-    return x[:48].clone(), y[:48].clone()
+def batch(eval_batch):
+    return eval_batch[0][:48], eval_batch[1][:48]
 
 
 @pytest.fixture(scope="module")
