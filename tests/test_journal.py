@@ -1,5 +1,6 @@
 """A long evaluation survives being stopped: the journal of finished chunks (``attack --journal``)."""
 import json
+import logging
 import warnings
 
 import pytest
@@ -45,7 +46,7 @@ def uninterrupted(batch, tiny_checkpoint):
 
 
 def test_an_interrupted_run_resumes_with_the_numbers_of_an_uninterrupted_one(tiny_model, batch, uninterrupted, tmp_path,
-                                                                             monkeypatch):
+                                                                             monkeypatch, caplog):
     assert uninterrupted["worst_case"][1]["robust_accuracy"] < uninterrupted["clean_accuracy"]  # the attacks do break some
     real = Journal.save
     saved = {"n": 0}
@@ -64,7 +65,11 @@ def test_an_interrupted_run_resumes_with_the_numbers_of_an_uninterrupted_one(tin
     _same(uninterrupted, resumed)
     total = resumed["journal"]["reused_chunks"] + resumed["journal"]["written_chunks"]
     assert resumed["journal"]["reused_chunks"] == 4 and total > 4
-    again = _run(tiny_model, *batch, journal=tmp_path / "j")  # everything recorded: nothing is attacked again
+    with caplog.at_level(logging.INFO, logger="robust_snn.attacks.evaluate"):
+        again = _run(tiny_model, *batch, journal=tmp_path / "j")  # everything recorded: nothing is attacked again
+    lines = [r.getMessage() for r in caplog.records if "robust accuracy" in r.getMessage()]
+    assert len(lines) == len(again["results"]) and all("chunks from the journal" in line for line in lines)
+    assert sum(int(line.split(", ")[-1].split(" of ")[0]) for line in lines) == total  # the stage lines say what was reused
     assert again["journal"] == {**resumed["journal"], "reused_chunks": total, "written_chunks": 0}
     _same(uninterrupted, again)
     assert not list((tmp_path / "j").rglob("*.tmp"))  # the stopped write left nothing half-written behind

@@ -449,6 +449,7 @@ def _run_job(run: _Run, job: _Job) -> None:
     robust_masks = run.robust_masks
     active = robust_masks.get(key) if job.cascade else None
     t1 = time.perf_counter()
+    reused_before = 0 if run.journal is None else run.journal.reused
     # a minimum-L0 event attack (SpikeFool) reports the size of what it found, within the budget or not
     found_l0 = torch.full((n,), float("inf")) if spec.minimum_norm and job.norm in EVENT_THREATS else None
     x_adv, adv_logits = _attack_all(spec, job.params, e, x, y, clean_logits, grads=job.grads, restarts=run.restarts,
@@ -531,8 +532,9 @@ def _run_job(run: _Run, job: _Job) -> None:
         run.l0_broken[key] = torch.where(broke, torch.minimum(best, flips), best)
     run.results.append(row)
     # one line per finished stage (`robust-snn -v attack`): the only sign of progress in a long --json run
-    log.info("%s at eps %g: %d attacked, %d broken, robust accuracy %.2f%% (%.0f s)", job.label, e, row["attacked"],
-             row["broken"], 100 * row["robust_accuracy"], seconds)
+    from_journal = "" if run.journal is None else f", {run.journal.reused - reused_before} of this process's chunks from the journal"
+    log.info("%s at eps %g: %d attacked, %d broken, robust accuracy %.2f%% (%.0f s%s)", job.label, e, row["attacked"],
+             row["broken"], 100 * row["robust_accuracy"], seconds, from_journal)
     robust_masks[key] = cumulative
     if detector is not None:
         rm = run.rejection_masks
