@@ -62,6 +62,9 @@ def _update(h: "hashlib._Hash", value: Any) -> None:
         h.update(f"{type(value).__name__}:{len(r)}:{r};".encode())
 
 
+_CODE: Optional[str] = None
+
+
 def code_fingerprint() -> str:
     """The versions of torch and torchattacks and the bytes of every robust_snn source file: edited code or an
     upgrade starts a new run folder (run an evaluation that spans days from a fixed checkout)."""
@@ -74,9 +77,6 @@ def code_fingerprint() -> str:
         _CODE = fingerprint(torch.__version__, torchattacks.__version__,
                             [(str(f.relative_to(root)), f.read_bytes()) for f in files])
     return _CODE
-
-
-_CODE: Optional[str] = None
 
 
 def fingerprint(*parts: Any) -> str:
@@ -107,7 +107,7 @@ class Journal:
 
     Args:
         root: the folder the user named (``attack --journal``); created if missing.
-        run_key: the fingerprint of the evaluation (model, data, seed, batch size, ...).
+        run_key: the fingerprint of the evaluation (code, model, seed, batch size, ...; the data is in each chunk's key).
         describe: what to write to ``run.json`` for a human reading the folder.
     """
 
