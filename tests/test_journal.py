@@ -73,6 +73,8 @@ def test_an_interrupted_run_resumes_with_the_numbers_of_an_uninterrupted_one(tin
     assert again["journal"] == {**resumed["journal"], "reused_chunks": total, "written_chunks": 0}
     _same(uninterrupted, again)
     assert not list((tmp_path / "j").rglob("*.tmp"))  # the stopped write left nothing half-written behind
+    rows = [len(torch.load(f, weights_only=True)["rows"]) for f in (tmp_path / "j").rglob("chunks/*.pt")]
+    assert len(rows) == total and max(rows) <= 16 and min(rows) < 16  # later stages record their survivors only
 
 
 def test_entries_are_never_used_for_another_evaluation(tiny_model, batch, uninterrupted, tmp_path):

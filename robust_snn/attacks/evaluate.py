@@ -754,13 +754,14 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, x, y, clean_
             # the clean logits too: whatever changed the model and escaped the run's fingerprint changes them
             key = journal.chunk_key(spec.name, params, e, grads, restarts, threat_name, found_l0 is not None, c, a, b, ok[a:b],
                                     x[a:b], y[a:b], clean_logits[a:b])
-            like = {"x_adv": x_adv[a:b], "logits": adv_logits[a:b], "margin": best_margin[a:b],
-                    **({} if found_l0 is None else {"found_l0": found_l0[a:b]})}
-            entry = journal.load(key, like)
+            # only the attacked rows: the others keep x and the clean logits (a later stage's few survivors: small entries)
+            like = {"x_adv": x_adv[todo], "logits": adv_logits[todo], "margin": best_margin[todo],
+                    **({} if found_l0 is None else {"found_l0": found_l0[todo]})}
+            entry = journal.load(key, like, same={"rows": todo - a})
             if entry is not None:
-                x_adv[a:b], adv_logits[a:b], best_margin[a:b] = entry["x_adv"], entry["logits"], entry["margin"]
+                x_adv[todo], adv_logits[todo], best_margin[todo] = entry["x_adv"], entry["logits"], entry["margin"]
                 if found_l0 is not None:
-                    found_l0[a:b] = entry["found_l0"]
+                    found_l0[todo] = entry["found_l0"]
                 continue
         reseed(c)
         for g in grads:
@@ -799,6 +800,6 @@ def _attack_all(spec: AttackSpec, params: Dict[str, Any], e: float, x, y, clean_
                     adv_logits[sel] = lg[better]
                     best_margin[sel] = m[better]
         if key is not None:
-            journal.save(key, x_adv=x_adv[a:b], logits=adv_logits[a:b], margin=best_margin[a:b],
-                         **({} if found_l0 is None else {"found_l0": found_l0[a:b]}))
+            journal.save(key, rows=todo - a, x_adv=x_adv[todo], logits=adv_logits[todo], margin=best_margin[todo],
+                         **({} if found_l0 is None else {"found_l0": found_l0[todo]}))
     return x_adv, adv_logits

@@ -1,8 +1,8 @@
 """A journal of finished attack batches, so a long evaluation survives being stopped.
 
 A full-split standard-suite run takes hours on a CPU. With a journal, every finished
-chunk of every attack (its adversarial examples, their logits and margins) is written
-to disk at once, and a rerun of the same evaluation loads it instead of attacking the
+chunk of every attack (the adversarial examples of the samples it attacked, their logits
+and margins) is written to disk at once, and a rerun of the same evaluation loads it instead of attacking the
 chunk again. Chunks are reseeded on their own (see :class:`~robust_snn.distributed.Chunks`),
 so a resumed run gives exactly the numbers of an uninterrupted one, on any number of
 processes; at most the chunk in flight is lost.
@@ -37,7 +37,7 @@ from ..utils import atomic_path, ensure_writable_dir
 log = logging.getLogger(__name__)
 
 #: bump when the meaning of an entry changes: old journals are then ignored, not misread
-FORMAT = 2
+FORMAT = 3
 
 
 def _update(h: "hashlib._Hash", value: Any) -> None:
@@ -126,9 +126,11 @@ class Journal:
     def _path(self, key: str) -> Path:
         return self.dir / "chunks" / f"{key[:32]}.pt"
 
-    def load(self, key: str, like: Dict[str, torch.Tensor]) -> Optional[Dict[str, torch.Tensor]]:
-        """The entry ``key`` if it holds a tensor of the same shape and dtype for each of ``like``; else ``None``
-        (never written, unreadable or damaged: then the chunk is attacked again)."""
+    def load(self, key: str, like: Dict[str, torch.Tensor], *,
+             same: Optional[Dict[str, torch.Tensor]] = None) -> Optional[Dict[str, torch.Tensor]]:
+        """The entry ``key`` if it holds a tensor of the same shape and dtype for each of ``like``, and equal to each
+        of ``same``; else ``None`` (never written, unreadable or damaged: then the chunk is attacked again)."""
+        like = {**like, **(same or {})}
         p = self._path(key)
         if not p.is_file():
             return None
@@ -139,7 +141,7 @@ class Journal:
             return None
         if not isinstance(entry, dict) or entry.get("key") != key or not all(
                 isinstance(entry.get(k), torch.Tensor) and entry[k].shape == v.shape and entry[k].dtype == v.dtype
-                for k, v in like.items()):
+                for k, v in like.items()) or not all(torch.equal(entry[k], v) for k, v in (same or {}).items()):
             log.warning("journal entry %s does not hold this chunk's results; attacking that chunk again", p)
             return None
         self.reused += 1
