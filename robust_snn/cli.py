@@ -406,9 +406,9 @@ def attack(checkpoint: Optional[str], suite: Optional[str], attack_names: Option
 
         claim_outputs(out, ATTACK_OUTPUTS, force=force)
     if journal:
-        from .attacks.journal import prepare_root
+        from .utils import claim_outputs
 
-        prepare_root(journal)
+        claim_outputs(journal, (), option="--journal")  # writable, before anything is loaded
     dd = distributed.init(device)
     device = distributed.device_for(device)
     model = load_model(checkpoint, device=device, num_steps=num_steps)

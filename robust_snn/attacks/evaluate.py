@@ -417,10 +417,9 @@ def _open_journal(root: str | os.PathLike, run: _Run, *, note: Optional[Dict[str
 def _journal_stats(run: _Run) -> Dict[str, Any]:
     """The journal's folder and its reused/written chunks, summed over every rank."""
     assert run.journal is not None
-    st = run.journal.stats()
     reused, written = (run.journal.reused, run.journal.written) if run.chunks.world == 1 else \
         distributed.sum_floats([float(run.journal.reused), float(run.journal.written)])
-    return {**st, "reused_chunks": int(reused), "written_chunks": int(written)}
+    return {"dir": str(run.journal.dir), "reused_chunks": int(reused), "written_chunks": int(written)}
 
 
 def _clean_pass(run: _Run) -> None:

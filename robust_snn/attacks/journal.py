@@ -32,7 +32,7 @@ import torch
 
 from .. import distributed
 from ..errors import RobustSNNError
-from ..utils import atomic_path, ensure_writable_dir
+from ..utils import atomic_path, claim_outputs
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +94,6 @@ def model_fingerprint(model: Optional[torch.nn.Module]) -> str:
     return fingerprint(repr(model), state, getattr(model, "config", None), getattr(model, "num_steps", None))
 
 
-def prepare_root(root: str | os.PathLike) -> Path:
-    """``root`` as a writable folder (created if missing), before any long work starts."""
-    p = Path(root)
-    if p.exists() and not p.is_dir():
-        raise RobustSNNError(f"--journal {p} is a file, not a folder; choose a folder")
-    return ensure_writable_dir(p, option="--journal")
-
-
 class Journal:
     """Finished chunks of one evaluation, in ``root/<run fingerprint>/``.
 
@@ -112,7 +104,8 @@ class Journal:
     """
 
     def __init__(self, root: str | os.PathLike, run_key: str, *, describe: Optional[Dict[str, Any]] = None) -> None:
-        self.dir = prepare_root(root) / run_key[:24]
+        # a writable folder (a file there refused), like every output folder; its own files are never claimed
+        self.dir = claim_outputs(root, (), option="--journal") / run_key[:24]
         (self.dir / "chunks").mkdir(parents=True, exist_ok=True)
         manifest = self.dir / "run.json"
         if not manifest.exists() and distributed.info().is_main:  # for a human opening the folder; rank 0 alone writes it
@@ -156,10 +149,6 @@ class Journal:
             raise RobustSNNError(f"--journal {self.dir}: cannot record a finished batch ({e.strerror or e}); what is "
                                  "recorded is kept: free space (or fix permissions) and run the same command again") from None
         self.written += 1
-
-    def stats(self) -> Dict[str, Any]:
-        """Where the entries are, and how many this run reused and wrote (this process only)."""
-        return {"dir": str(self.dir), "reused_chunks": self.reused, "written_chunks": self.written}
 
     def chunk_key(self, *parts: Any) -> str:
         """The key of one chunk of one attack: the run's fingerprint and what decides this chunk."""
