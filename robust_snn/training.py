@@ -312,6 +312,10 @@ def train(
                 cfg=cfg, dev=dev, dd=dd, lr=lr, steps_per_epoch=steps_per_epoch, x_tr=x_tr, y_tr=y_tr, val=val, out=out,
                 sp=state_path(out))
     start_epoch = _resume(run) if resume else 1
+    # every invocation that trained some of the epochs: a run resumed on another device, or with another command,
+    # keeps the earlier ones (the recipe's "command" and "device" are the last invocation's)
+    run.invocations.append({"command": command, "device": str(dev), "world_size": dd.world,
+                            "torch_threads": torch.get_num_threads(), "first_epoch": start_epoch})
     if settings.adv != "none" and settings.keep == "best" and val is None:
         log.warning("--keep best chooses the epoch by the validation suite, which needs held-out images "
                     "(--val-split > 0); keeping the last epoch")
@@ -364,6 +368,8 @@ class _Loop:
     train_seconds: float = 0.0
     #: the kept epoch so far (``--keep best``): ``{"epoch", "score", "model"}`` or ``None``
     best: Optional[Dict[str, Any]] = None
+    #: one record per invocation of :func:`train` on this run: command, device, processes, threads, first epoch
+    invocations: List[Dict[str, Any]] = field(default_factory=list)
 
 
 def _resume(run: _Loop) -> int:
@@ -392,6 +398,8 @@ def _resume(run: _Loop) -> int:
         start_epoch = int(state["epoch"]) + 1
         run.train_seconds = float(state.get("train_seconds", 0.0))
         run.best = _checked_best(state.get("best"), run.model)
+        # a state written before invocations were recorded: its epochs came from invocations unknown
+        run.invocations = [dict(r) for r in state.get("invocations") or [{"command": None, "device": None, "first_epoch": 1}]]
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError):
         raise RobustSNNError(f"--resume: {sp} is damaged (its weights or optimizer state do not fit this model); "
                              f"delete it and rerun without --resume to start over") from None
@@ -484,6 +492,7 @@ def _train_epoch(run: _Loop, epoch: int, *, progress: bool) -> Dict[str, Any]:
         "lr": run.opt.param_groups[0]["lr"],
         "seconds": epoch_seconds,
         "img_per_s": tot_n / epoch_seconds,
+        "device": str(dev),  # a resumed run may go on elsewhere: each epoch's speed with the device that made it
     }
 
 
@@ -543,6 +552,7 @@ def _save_state(run: _Loop, epoch: int) -> None:
         "train_seconds": run.train_seconds,
         "world_size": run.dd.world,
         "best": run.best,
+        "invocations": run.invocations,
     }
     with atomic_path(run.sp) as tmp:
         torch.save(state, tmp)
@@ -585,6 +595,7 @@ def _finish(run: _Loop, *, data_dir: Optional[str], command: Optional[str], prog
         "effective_lr": run.lr,
         "train_seconds": run.train_seconds,
         "epochs_run": len(history),
+        "invocations": run.invocations,
     }
     save_checkpoint(run.out, model, metrics=metrics, recipe=recipe)
     run.sp.unlink(missing_ok=True)

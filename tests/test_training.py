@@ -41,17 +41,39 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path, data_dir, i
     interrupt_training(2)
     out = tmp_path / "run.pt"
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, _settings(), out=out, data_dir=str(data_dir), device="cpu", progress=False)
+        train(cfg, _settings(), out=out, data_dir=str(data_dir), device="cpu", progress=False, command="robust-snn train A")
     assert state_path(out).is_file() and not out.exists()
     interrupt_training(None)
-    resumed, metrics = train(cfg, _settings(), out=out, data_dir=str(data_dir), device="cpu", resume=True, progress=False)
+    resumed, metrics = train(cfg, _settings(), out=out, data_dir=str(data_dir), device="cpu", resume=True, progress=False,
+                             command="robust-snn train A --resume")
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert [h["device"] for h in metrics["history"]] == ["cpu", "cpu"]
+    # the recipe keeps every invocation that trained some epochs, not only the last
+    recipe = read_checkpoint(out)["recipe"]
+    assert recipe["command"] == "robust-snn train A --resume"
+    assert [(r["command"], r["first_epoch"], r["device"]) for r in recipe["invocations"]] == [
+        ("robust-snn train A", 1, "cpu"), ("robust-snn train A --resume", 2, "cpu")]
     for (k, v1), v2 in zip(ref.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(v1, v2), k
     with pytest.raises(RobustSNNError, match="other settings"):
         state = tmp_path / "x.pt"
         torch.save({"config": {}, "settings": {}}, state_path(state))
         train(cfg, _settings(), out=state, data_dir=str(data_dir), device="cpu", resume=True, progress=False)
+
+
+def test_resume_of_a_state_without_invocations_says_the_first_are_unknown(tmp_path, data_dir, interrupt_training):
+    """A state written before invocations were recorded: the recipe says its epochs came from an unknown command."""
+    out = tmp_path / "run.pt"
+    interrupt_training(2)
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, _settings(limit=100), out=out, data_dir=str(data_dir), device="cpu", progress=False, command="old")
+    interrupt_training(None)
+    state = torch.load(state_path(out), weights_only=True)
+    del state["invocations"]
+    torch.save(state, state_path(out))
+    train(TINY, _settings(limit=100), out=out, data_dir=str(data_dir), device="cpu", resume=True, progress=False, command="new")
+    assert [(r["command"], r["first_epoch"], r["device"]) for r in read_checkpoint(out)["recipe"]["invocations"]] == [
+        (None, 1, None), ("new", 2, "cpu")]
 
 
 def test_mse_loss_and_sgd_train(tmp_path, data_dir):
