@@ -143,16 +143,23 @@ def test_a_stochastic_model_resumes_with_the_same_draws(rate_model, batch, tmp_p
     _same(plain, resumed)
 
 
-@pytest.mark.parametrize("change", ["defense", "draws"])
+@pytest.mark.parametrize("change", ["defense", "draws", "fast paths", "graphs"])
 def test_settings_that_change_the_results_never_share_entries(change, tiny_model, rate_model, batch, tmp_path):
-    """Quantization with 4 bits or 2 (settings outside the weights); 1 EOT draw and 16 judging draws or 11 and 6."""
+    """Quantization with 4 bits or 2 (settings outside the weights); 1 EOT draw and 16 judging draws or 11 and 6; the
+    fused LIF and channels-last paths on or off, the graph wrapper or none (the same weights, other rounding)."""
+    import copy
+
     from robust_snn.defenses.registry import build_defended
 
     x, y = batch
     if change == "defense":
         runs = [dict(model=build_defended(tiny_model, [f"quantize:bits={b}"], None)) for b in (4, 2)]
-    else:
+    elif change == "draws":
         runs = [dict(model=rate_model, eot_samples=1, samples=16), dict(model=rate_model, eot_samples=11, samples=6)]
+    elif change == "fast paths":
+        runs = [dict(model=tiny_model), dict(model=copy.deepcopy(tiny_model).set_fast(False))]
+    else:
+        runs = [dict(model=tiny_model), dict(model=tiny_model, graphs="eager")]
     first, second = (_run(r.pop("model"), x, y, journal=tmp_path, eps=[0.15], **r) for r in runs)
     assert first["journal"]["written_chunks"] > 0
     assert second["journal"]["reused_chunks"] == 0 and second["journal"]["dir"] != first["journal"]["dir"]
@@ -172,6 +179,21 @@ def test_a_damaged_entry_is_attacked_again(tiny_model, batch, uninterrupted, tmp
     third = _run(tiny_model, *batch, journal=tmp_path)
     assert third["journal"]["written_chunks"] == 1 and "does not hold this chunk's results" in caplog.text
     _same(uninterrupted, third)
+
+
+def test_a_failed_write_stops_the_run_in_one_line(tiny_checkpoint, tmp_path, monkeypatch):
+    """A full disk: torch.save's C++ writer raises RuntimeError, not OSError; still one line naming the fix."""
+    import robust_snn.attacks.journal as journal
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file data/0")
+
+    monkeypatch.setattr(journal.torch, "save", full_disk)
+    res = CliRunner().invoke(main, ["attack", "--checkpoint", str(tiny_checkpoint), "--suite", "validation", "--eps", "0.1",
+                                    "--steps", "2", "--limit", "16", "--journal", str(tmp_path / "j")])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert "cannot record a finished batch" in res.output and "run the same command again" in res.output
+    assert not list((tmp_path / "j").rglob("*.tmp"))
 
 
 def test_cli_journal_skips_finished_batches_and_refuses_a_file(tiny_checkpoint, tmp_path):

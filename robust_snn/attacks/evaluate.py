@@ -26,7 +26,7 @@ from ..threat import THREAT_MODELS
 from .checks import TOL_BOUND, check_convergence, check_model, check_results
 from .eot import EOT
 from .guard import GradGuard
-from .journal import Journal, code_fingerprint, fingerprint, model_fingerprint
+from .journal import Journal, backend_fingerprint, code_fingerprint, fingerprint, model_fingerprint
 from .losses import margins
 from .result import EvaluationResult, result_key
 from .registry import AttackSpec, attack_params, build_attack, event_attack_names, get_spec, parse_attack
@@ -408,7 +408,8 @@ def _open_journal(root: str | os.PathLike, run: _Run, *, note: Optional[Dict[str
     key = fingerprint("evaluate", code_fingerprint(), model_fingerprint(run.model), model_fingerprint(run.source_model),
                       None if detector is None else (detector.spec(), float(detector.threshold)), ("seed", run.seed),
                       ("batch", len(run.chunks.all[0]) if run.chunks.all else 0), ("eot", run.eot), ("judge", run.n_eval),
-                      run.device.type)
+                      backend_fingerprint(run.model, run.device, graphs=run.graphs),
+                      backend_fingerprint(run.source_model, run.device, graphs=run.graphs) if run.source_model is not None else None)
     j = Journal(root, key, describe={"robust_snn": __version__, "seed": run.seed, **(note or {})})
     log.info("journal: %s", j.dir)
     return j

@@ -66,17 +66,31 @@ _CODE: Optional[str] = None
 
 
 def code_fingerprint() -> str:
-    """The versions of torch and torchattacks and the bytes of every robust_snn source file: edited code or an
-    upgrade starts a new run folder (run an evaluation that spans days from a fixed checkout)."""
+    """The versions of torch (and its CUDA), torchattacks, snnTorch (spike-function gradients) and Triton (LIF kernels)
+    and the bytes of every robust_snn source file: edited code or an upgrade starts a new run folder (run an
+    evaluation that spans days from a fixed checkout)."""
     global _CODE
     if _CODE is None:
+        import snntorch
         import torchattacks
+
+        from ..neurons.triton_lif import triton
 
         root = Path(__file__).resolve().parent.parent
         files = sorted(root.rglob("*.py"))
-        _CODE = fingerprint(torch.__version__, torchattacks.__version__,
-                            [(str(f.relative_to(root)), f.read_bytes()) for f in files])
+        _CODE = fingerprint(torch.__version__, torch.version.cuda, torchattacks.__version__, snntorch.__version__,
+                            getattr(triton, "__version__", None), [(str(f.relative_to(root)), f.read_bytes()) for f in files])
     return _CODE
+
+
+def backend_fingerprint(model: Optional[torch.nn.Module], device: torch.device, *, graphs: Optional[str]) -> str:
+    """What computes the forward and backward passes without changing the weights: the device (the GPU model, not
+    only ``cuda``), CUDA-graph replay, the Triton switch, and the model's fast paths (fused LIF, channels-last). Each
+    can move a membrane potential sitting at the threshold, so a run resumed with another one starts afresh."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    fast = None if model is None else (getattr(model, "channels_last", None),
+                                       [bool(getattr(m, "fused", False)) for m in getattr(model, "lif_layers", [])])
+    return fingerprint(name, ("graphs", graphs), ("triton", os.environ.get("ROBUST_SNN_TRITON", "")), fast)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -145,8 +159,9 @@ class Journal:
         try:
             with atomic_path(self._path(key)) as tmp:
                 torch.save({"key": key, **{k: v.detach().cpu().clone() for k, v in tensors.items()}}, tmp)
-        except OSError as e:
-            raise RobustSNNError(f"--journal {self.dir}: cannot record a finished batch ({e.strerror or e}); what is "
+        except (OSError, RuntimeError) as e:  # torch.save's C++ writer reports a full disk as a RuntimeError
+            raise RobustSNNError(f"--journal {self.dir}: cannot record a finished batch "
+                                 f"({getattr(e, 'strerror', None) or e}); what is "
                                  "recorded is kept: free space (or fix permissions) and run the same command again") from None
         self.written += 1
 
