@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
 import random
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
@@ -99,7 +101,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_writer_tag()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -123,18 +125,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _host_tag() -> str:
+    """A short, dot-free tag of this machine (a folder on a shared filesystem may have writers on several)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _writer_tag() -> str:
+    """``PID@HOST``: the process that owns a temporary, and the machine it runs on."""
+    return f"{os.getpid()}@{_host_tag()}"
+
+
 def remove_stale_temporaries(target: str | os.PathLike) -> List[Path]:
     """Delete temporary files that a killed writer of ``target`` left behind.
 
-    :func:`atomic_path` names its temporary ``.NAME.PID.XXXX.tmp``. A SIGKILL (or power
+    :func:`atomic_path` names its temporary ``.NAME.PID@HOST.XXXX.tmp``. A SIGKILL (or power
     loss) between creating and renaming it cannot be caught, so the next write of the
-    same file removes every such temporary whose process no longer runs. Returns the
-    removed paths.
+    same file removes every such temporary of this machine whose process no longer runs.
+    Another machine's (a folder on a shared filesystem) is left alone: its process cannot
+    be looked up from here. Returns the removed paths.
     """
     t = Path(target)
     removed = []
     for tmp in t.parent.glob(f".{t.name}.*.tmp"):
-        pid = tmp.name[len(t.name) + 2:].split(".", 1)[0]
+        pid, _, host = tmp.name[len(t.name) + 2:].split(".", 1)[0].partition("@")
+        if host not in ("", _host_tag()):  # "": the PID-only names of earlier versions
+            continue
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)

@@ -319,12 +319,20 @@ def test_sigkill_during_a_write_leaves_a_temporary_that_the_next_write_removes(t
 
 
 def test_a_live_writers_temporary_is_left_alone(tmp_path):
-    from robust_snn.utils import remove_stale_temporaries
+    from robust_snn.utils import _host_tag, remove_stale_temporaries
 
     target = tmp_path / "r.json"
-    live = tmp_path / f".r.json.{os.getppid()}.abc.tmp"  # our parent is alive
+    live = tmp_path / f".r.json.{os.getppid()}@{_host_tag()}.abc.tmp"  # our parent is alive
     live.write_text("busy")
-    assert remove_stale_temporaries(target) == [] and live.exists()
+    legacy = tmp_path / f".r.json.{os.getppid()}.def.tmp"  # an earlier version's PID-only name
+    legacy.write_text("busy")
+    # another machine's writer on a shared filesystem: its PID means nothing here, dead or not
+    remote = tmp_path / f".r.json.{2**22 + 1}@0000beef.ghi.tmp"
+    remote.write_text("busy")
+    dead = tmp_path / f".r.json.{2**22 + 1}@{_host_tag()}.jkl.tmp"  # above any PID this machine hands out
+    dead.write_text("half")
+    assert remove_stale_temporaries(target) == [dead]
+    assert live.exists() and legacy.exists() and remote.exists() and not dead.exists()
 
 
 def test_sweep_unwritable_out_fails_before_any_cell(runner, tmp_path, tiny_checkpoint):
