@@ -185,6 +185,17 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
+def all_gather_object(obj: Any) -> List[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in one process; a collective)."""
+    import torch.distributed as dist
+
+    if not info().enabled:
+        return [obj]
+    out: List[Any] = [None] * info().world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_agree(flag: bool) -> bool:
     """True only if ``flag`` is true on every rank (a collective: call it on all ranks)."""
     import torch.distributed as dist

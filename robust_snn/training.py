@@ -314,8 +314,9 @@ def train(
     start_epoch = _resume(run) if resume else 1
     # every invocation that trained some of the epochs: a run resumed on another device, or with another command,
     # keeps the earlier ones (the recipe's "command" and "device" are the last invocation's)
-    run.invocations.append({"command": command, "device": str(dev), "world_size": dd.world,
-                            "torch_threads": torch.get_num_threads(), "first_epoch": start_epoch})
+    if start_epoch <= settings.epochs:  # (a rerun after the last epoch only tests and writes the checkpoint)
+        run.invocations.append({"command": command, "device": str(dev), "world_size": dd.world,
+                                "torch_threads": torch.get_num_threads(), "first_epoch": start_epoch})
     if settings.adv != "none" and settings.keep == "best" and val is None:
         log.warning("--keep best chooses the epoch by the validation suite, which needs held-out images "
                     "(--val-split > 0); keeping the last epoch")
@@ -399,7 +400,9 @@ def _resume(run: _Loop) -> int:
         run.train_seconds = float(state.get("train_seconds", 0.0))
         run.best = _checked_best(state.get("best"), run.model)
         # a state written before invocations were recorded: its epochs came from invocations unknown
-        run.invocations = [dict(r) for r in state.get("invocations") or [{"command": None, "device": None, "first_epoch": 1}]]
+        run.invocations = [dict(r) for r in state.get("invocations") or [
+            {"command": None, "device": None, "world_size": int(state.get("world_size", 1)), "torch_threads": None,
+             "first_epoch": 1}]]
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError):
         raise RobustSNNError(f"--resume: {sp} is damaged (its weights or optimizer state do not fit this model); "
                              f"delete it and rerun without --resume to start over") from None

@@ -126,8 +126,14 @@ def _alive(pid: int) -> bool:
 
 
 def _host_tag() -> str:
-    """A short, dot-free tag of this machine (a folder on a shared filesystem may have writers on several)."""
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    """A short, dot-free tag of this machine's PID space: the host name and the PID namespace (containers that share
+    a host name, e.g. with host networking, do not share PIDs). A folder on a shared filesystem may have writers in
+    several."""
+    try:
+        pid_ns = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]" (Linux)
+    except OSError:
+        pid_ns = ""
+    return hashlib.sha256(f"{socket.gethostname()}|{pid_ns}".encode()).hexdigest()[:8]
 
 
 def _writer_tag() -> str:

@@ -143,7 +143,7 @@ def test_a_stochastic_model_resumes_with_the_same_draws(rate_model, batch, tmp_p
     _same(plain, resumed)
 
 
-@pytest.mark.parametrize("change", ["defense", "draws", "fast paths", "graphs"])
+@pytest.mark.parametrize("change", ["defense", "draws", "fast paths", "fast paths behind a defense", "graphs"])
 def test_settings_that_change_the_results_never_share_entries(change, tiny_model, rate_model, batch, tmp_path):
     """Quantization with 4 bits or 2 (settings outside the weights); 1 EOT draw and 16 judging draws or 11 and 6; the
     fused LIF and channels-last paths on or off, the graph wrapper or none (the same weights, other rounding)."""
@@ -158,6 +158,9 @@ def test_settings_that_change_the_results_never_share_entries(change, tiny_model
         runs = [dict(model=rate_model, eot_samples=1, samples=16), dict(model=rate_model, eot_samples=11, samples=6)]
     elif change == "fast paths":
         runs = [dict(model=tiny_model), dict(model=copy.deepcopy(tiny_model).set_fast(False))]
+    elif change == "fast paths behind a defense":
+        runs = [dict(model=build_defended(m, ["quantize:bits=4"], None))
+                for m in (tiny_model, copy.deepcopy(tiny_model).set_fast(False))]
     else:
         runs = [dict(model=tiny_model), dict(model=tiny_model, graphs="eager")]
     first, second = (_run(r.pop("model"), x, y, journal=tmp_path, eps=[0.15], **r) for r in runs)

@@ -72,8 +72,28 @@ def test_resume_of_a_state_without_invocations_says_the_first_are_unknown(tmp_pa
     del state["invocations"]
     torch.save(state, state_path(out))
     train(TINY, _settings(limit=100), out=out, data_dir=str(data_dir), device="cpu", resume=True, progress=False, command="new")
-    assert [(r["command"], r["first_epoch"], r["device"]) for r in read_checkpoint(out)["recipe"]["invocations"]] == [
-        (None, 1, None), ("new", 2, "cpu")]
+    assert [(r["command"], r["first_epoch"], r["device"], r["world_size"]) for r in
+            read_checkpoint(out)["recipe"]["invocations"]] == [(None, 1, None, 1), ("new", 2, "cpu", 1)]
+
+
+def test_a_rerun_that_only_finishes_records_no_invocation(tmp_path, data_dir, monkeypatch):
+    """Killed while testing after the last epoch: the rerun trains nothing, so the recipe names only the first command."""
+    import robust_snn.training as training
+
+    out = tmp_path / "run.pt"
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "evaluate_clean", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, _settings(limit=100), out=out, data_dir=str(data_dir), device="cpu", progress=False, command="first")
+    monkeypatch.undo()
+    assert state_path(out).is_file() and not out.exists()
+    _, metrics = train(TINY, _settings(limit=100), out=out, data_dir=str(data_dir), device="cpu", resume=True,
+                       progress=False, command="again")
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert [(r["command"], r["first_epoch"]) for r in read_checkpoint(out)["recipe"]["invocations"]] == [("first", 1)]
 
 
 def test_mse_loss_and_sgd_train(tmp_path, data_dir):

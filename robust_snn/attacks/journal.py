@@ -84,13 +84,18 @@ def code_fingerprint() -> str:
 
 
 def backend_fingerprint(model: Optional[torch.nn.Module], device: torch.device, *, graphs: Optional[str]) -> str:
-    """What computes the forward and backward passes without changing the weights: the device (the GPU model, not
-    only ``cuda``), CUDA-graph replay, the Triton switch, and the model's fast paths (fused LIF, channels-last). Each
-    can move a membrane potential sitting at the threshold, so a run resumed with another one starts afresh."""
+    """What computes the forward and backward passes without changing the weights: the devices (the GPU models of
+    every rank, not only ``cuda``), CUDA-graph replay, the Triton switch, and the fast paths (fused LIF, channels-last)
+    of every module of ``model``, wrappers (defenses) included. Each can move a membrane potential sitting at the
+    threshold, so a run resumed with another one starts afresh. A collective under torchrun: call it on every rank."""
+    from ..neurons.base import SpikingNeuron
+
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    fast = None if model is None else (getattr(model, "channels_last", None),
-                                       [bool(getattr(m, "fused", False)) for m in getattr(model, "lif_layers", [])])
-    return fingerprint(name, ("graphs", graphs), ("triton", os.environ.get("ROBUST_SNN_TRITON", "")), fast)
+    names = sorted(set(distributed.all_gather_object(name)))  # one key on every rank, whichever GPU each one has
+    fast = None if model is None else (
+        [bool(m.channels_last) for m in model.modules() if hasattr(m, "channels_last")],
+        [bool(m.fused) for m in model.modules() if isinstance(m, SpikingNeuron)])
+    return fingerprint(names, ("graphs", graphs), ("triton", os.environ.get("ROBUST_SNN_TRITON", "")), fast)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -156,9 +161,10 @@ class Journal:
 
     def save(self, key: str, **tensors: torch.Tensor) -> None:
         """Write the entry ``key`` atomically (a stopped write leaves no entry behind)."""
+        entry = {"key": key, **{k: v.detach().cpu().clone() for k, v in tensors.items()}}
         try:
             with atomic_path(self._path(key)) as tmp:
-                torch.save({"key": key, **{k: v.detach().cpu().clone() for k, v in tensors.items()}}, tmp)
+                torch.save(entry, tmp)
         except (OSError, RuntimeError) as e:  # torch.save's C++ writer reports a full disk as a RuntimeError
             raise RobustSNNError(f"--journal {self.dir}: cannot record a finished batch "
                                  f"({getattr(e, 'strerror', None) or e}); what is "
