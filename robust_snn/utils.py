@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -125,6 +126,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
 def _host_tag() -> str:
     """A short, dot-free tag of this machine's PID space: the host name and the PID namespace (containers that share
     a host name, e.g. with host networking, do not share PIDs). A folder on a shared filesystem may have writers in

@@ -408,8 +408,7 @@ def _open_journal(root: str | os.PathLike, run: _Run, *, note: Optional[Dict[str
     key = fingerprint("evaluate", code_fingerprint(), model_fingerprint(run.model), model_fingerprint(run.source_model),
                       None if detector is None else (detector.spec(), float(detector.threshold)), ("seed", run.seed),
                       ("batch", len(run.chunks.all[0]) if run.chunks.all else 0), ("eot", run.eot), ("judge", run.n_eval),
-                      backend_fingerprint(run.model, run.device, graphs=run.graphs),
-                      backend_fingerprint(run.source_model, run.device, graphs=run.graphs) if run.source_model is not None else None)
+                      backend_fingerprint(run.model, run.source_model, device=run.device, graphs=run.graphs))
     j = Journal(root, key, describe={"robust_snn": __version__, "seed": run.seed, **(note or {})})
     log.info("journal: %s", j.dir)
     return j

@@ -83,18 +83,19 @@ def code_fingerprint() -> str:
     return _CODE
 
 
-def backend_fingerprint(model: Optional[torch.nn.Module], device: torch.device, *, graphs: Optional[str]) -> str:
+def backend_fingerprint(*models: Optional[torch.nn.Module], device: torch.device, graphs: Optional[str]) -> str:
     """What computes the forward and backward passes without changing the weights: the devices (the GPU models of
     every rank, not only ``cuda``), CUDA-graph replay, the Triton switch, and the fast paths (fused LIF, channels-last)
-    of every module of ``model``, wrappers (defenses) included. Each can move a membrane potential sitting at the
-    threshold, so a run resumed with another one starts afresh. A collective under torchrun: call it on every rank."""
+    of every module of each of ``models`` (``None``: no such model), wrappers (defenses) included. Each can move a
+    membrane potential sitting at the threshold, so a run resumed with another one starts afresh. A collective under
+    torchrun: call it on every rank."""
     from ..neurons.base import SpikingNeuron
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     names = sorted(set(distributed.all_gather_object(name)))  # one key on every rank, whichever GPU each one has
-    fast = None if model is None else (
-        [bool(m.channels_last) for m in model.modules() if hasattr(m, "channels_last")],
-        [bool(m.fused) for m in model.modules() if isinstance(m, SpikingNeuron)])
+    fast = [None if model is None else ([bool(m.channels_last) for m in model.modules() if hasattr(m, "channels_last")],
+                                        [bool(m.fused) for m in model.modules() if isinstance(m, SpikingNeuron)])
+            for model in models]
     return fingerprint(names, ("graphs", graphs), ("triton", os.environ.get("ROBUST_SNN_TRITON", "")), fast)
 
 
