@@ -298,6 +298,9 @@ def train(
                          ("--adv", settings.adv != "none"), ("--encoding", cfg["encoding"] != "direct")):
             if bad:
                 raise RobustSNNError(f"{opt} applies to image datasets; {settings.dataset} gives ready event frames")
+    if cfg["readout"] == "membrane" and settings.loss == "mse":
+        raise RobustSNNError("--loss mse regresses output spike counts on 80 % / 20 % of T, not membrane potentials; "
+                             "with --readout membrane use --loss ce")
     x_all, y_all = load_split(settings.dataset, "train", data_dir=data_dir, limit=settings.limit, num_steps=cfg["num_steps"])
     (x_tr, y_tr), val = split_validation(x_all, y_all, settings.val_split, seed=settings.seed)
     if len(x_tr) == 0:
@@ -458,7 +461,7 @@ def _train_epoch(run: _Loop, epoch: int, *, progress: bool) -> Dict[str, Any]:
     if dd.rank > 0:
         gen = torch.Generator().manual_seed(rank_seed)
     # the crafting gradient of each batch, drawn from the family (its own stream: shifts and starts stay as without one)
-    family = parse_gradients(s.adv_gradients)
+    family = parse_gradients(s.adv_gradients, own=run.cfg["surrogate"])
     grad_gen = torch.Generator().manual_seed(rank_seed + GRADIENT_SEED_OFFSET)
     run.net.train()
     tot_loss = tot_correct = tot_n = 0.0

@@ -49,6 +49,10 @@ def test_parse_gradients():
     assert parse_gradients("model, fast_sigmoid:slope=5, atan:alpha=2, rate, model") == [
         None, "fast_sigmoid:slope=5", "atan:alpha=2", "rate"]
     assert parse_gradients("pdsg:shift=0.5,fast_sigmoid") == ["pdsg:shift=0.5", "fast_sigmoid:slope=25"]
+    # the training surrogate spelled out is the model's own gradient: one entry, not two draws in three
+    assert parse_gradients("model,fast_sigmoid,atan", own="fast_sigmoid:slope=25") == [None, "atan:alpha=2"]
+    assert parse_gradients("fast_sigmoid:slope=25", own="fast_sigmoid") == [None]
+    assert parse_gradients("model,fast_sigmoid:slope=5", own="fast_sigmoid:slope=25") == [None, "fast_sigmoid:slope=5"]
     for bad, msg in [("fast_sigmoid:slope=nan", "slope"), ("fast_sigmoid:slope=-1", "slope"), ("nope", "unknown surrogate"),
                      (",", "names no gradient")]:
         with pytest.raises(RobustSNNError, match=msg):

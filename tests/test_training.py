@@ -107,6 +107,11 @@ def test_bad_settings(tmp_path, data_dir):
         train(TINY, _settings(optimizer="lbfgs"), out=tmp_path / "m.pt", data_dir=str(data_dir), progress=False)
     with pytest.raises(RobustSNNError, match=r"must end in \.pt"):
         train(TINY, _settings(), out=tmp_path / "m.ckpt", data_dir=str(data_dir), progress=False)
+    # the spike-count MSE target (80 % / 20 % of T) means nothing for membrane potentials
+    with pytest.raises(RobustSNNError, match="with --readout membrane use --loss ce"):
+        train({**TINY, "readout": "membrane"}, _settings(loss="mse"), out=tmp_path / "m.pt", data_dir=str(data_dir),
+              progress=False)
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_random_shift_moves_content_within_bounds():

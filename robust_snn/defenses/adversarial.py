@@ -47,10 +47,11 @@ def default_alpha(method: str, eps: float, steps: int) -> float:
     return step_size(eps, steps)
 
 
-def parse_gradients(text: Optional[str]) -> List[Optional[str]]:
+def parse_gradients(text: Optional[str], *, own: Optional[str] = None) -> List[Optional[str]]:
     """``"model,fast_sigmoid:slope=5,rate"`` -> ``[None, "fast_sigmoid:slope=5", "rate"]`` (validated, canonical).
 
-    ``None`` or empty text: only the model's own surrogate. ``model`` names it in a list.
+    ``None`` or empty text: only the model's own surrogate. ``model`` names it in a list; so does ``own`` (the
+    training surrogate) spelled out, so that ``model,fast_sigmoid:slope=25`` does not draw that gradient twice as often.
     """
     if text is None or not str(text).strip():
         return [None]
@@ -58,6 +59,8 @@ def parse_gradients(text: Optional[str]) -> List[Optional[str]]:
     for spec in split_spec_list(text):
         try:
             g = None if spec.strip().lower() == OWN_GRADIENT else canonical(spec)
+            if own is not None and g == canonical(own):
+                g = None
         except RobustSNNError as e:
             raise RobustSNNError(f"--adv-gradients: {e} (or '{OWN_GRADIENT}' for the training surrogate)") from None
         if g not in out:
