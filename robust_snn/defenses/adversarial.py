@@ -55,14 +55,15 @@ def parse_gradients(text: Optional[str], *, own: Optional[str] = None) -> List[O
     """
     if text is None or not str(text).strip():
         return [None]
+    own = None if own is None else canonical(own)
     out: List[Optional[str]] = []
     for spec in split_spec_list(text):
         try:
             g = None if spec.strip().lower() == OWN_GRADIENT else canonical(spec)
-            if own is not None and g == canonical(own):
-                g = None
         except RobustSNNError as e:
             raise RobustSNNError(f"--adv-gradients: {e} (or '{OWN_GRADIENT}' for the training surrogate)") from None
+        if g == own:  # the training surrogate spelled out
+            g = None
         if g not in out:
             out.append(g)
     if not out:
