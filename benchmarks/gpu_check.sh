@@ -21,9 +21,9 @@
 #   4. the standard suite on the first 1,000 images at eps 0.1, without and with --cuda-graphs
 #                                                                      -> suite-1k-eager.json, suite-1k-graphs.json
 #   5. bench.py, batch 256, T = 25, train and PGD-10                   -> bench-256.json
-#   6. the shipped adversarial-training recipe (8 epochs), timed       -> at/ (log, per-epoch times)
-#   7. the standard suite on the full test split (10,000 images) with --cuda-graphs; the same for the shipped
-#      adversarially trained model at eps 0.3; the first again without --cuda-graphs
+#   6. the PGD-AT recipe of csnn-mnist-at-pgd.pt (8 epochs), timed      -> at/ (log, per-epoch times)
+#   7. the standard suite on the full test split (10,000 images) with --cuda-graphs; the same for the PGD-AT
+#      model csnn-mnist-at-pgd.pt at eps 0.3 (the subject of the GPU timings so far); the first again without --cuda-graphs
 set -o pipefail
 OUT=${OUT:-/tmp/gpu-check}
 WORK=${GPU_CHECK_WORK:-/tmp/gpu-check-work}
@@ -92,13 +92,13 @@ step bench-256 70 "python3 benchmarks/bench.py --device $DEVICE --steps 25 --bat
     --out $WORK/bench-256.json > $WORK/bench-256.txt 2> $WORK/bench-256.err"
 mkdir -p "$WORK/at"
 step at-recipe 75 "$RSNN -v train --batch-size 256 --adv-eps 0.3 --num-steps 8 --device $DEVICE --quiet --channels 32,64 \
-    --hidden 256 --epochs 8 --adv pgd --adv-steps 10 --adv-warmup 2 --data-dir $DATA --out $WORK/at/csnn-mnist-at.pt \
+    --hidden 256 --epochs 8 --adv pgd --adv-steps 10 --adv-warmup 2 --data-dir $DATA --out $WORK/at/csnn-mnist-at-pgd.pt \
     > $WORK/at/train.log 2>&1"
 rm -f "$WORK"/at/*.state.pt
 pack
 step suite-10k-graphs 170 "$RSNN attack --eps 0.1 --limit all --device $DEVICE --cuda-graphs --json > $WORK/suite-10k-graphs.json \
     2> $WORK/suite-10k-graphs.err"
-step suite-10k-at-graphs 170 "$RSNN attack --checkpoint checkpoints/csnn-mnist-at.pt --eps 0.3 --limit all --device $DEVICE \
+step suite-10k-at-graphs 170 "$RSNN attack --checkpoint checkpoints/csnn-mnist-at-pgd.pt --eps 0.3 --limit all --device $DEVICE \
     --cuda-graphs --json > $WORK/suite-10k-at-graphs.json 2> $WORK/suite-10k-at-graphs.err"
 step suite-10k-eager 170 "$RSNN attack --eps 0.1 --limit all --device $DEVICE --json > $WORK/suite-10k-eager.json \
     2> $WORK/suite-10k-eager.err"

@@ -8,7 +8,7 @@ missing attack.
 
 Usage::
 
-    python benchmarks/suite_gap.py --checkpoint checkpoints/csnn-mnist-at.pt --eps 0.3 --limit 500 \\
+    python benchmarks/suite_gap.py --checkpoint checkpoints/csnn-mnist-at-pgd.pt --eps 0.3 --limit 500 \\
         --out benchmarks/results/suite_gap-csnn-mnist-at.json
 
 Resumable: finished candidates are kept in the output file and skipped when rerun.

@@ -20,7 +20,7 @@ common=(--model csnn --channels 32,64 --dataset mnist --num-steps 8 --batch-size
 declare -A recipe
 # the crafting of every *-apgd-family recipe: APGD-10 through a gradient drawn per batch from four surrogates
 family="--adv-attack apgd --adv-steps 10 --adv-gradients model,fast_sigmoid:slope=5,fast_sigmoid:slope=10,atan"
-# Madry et al.'s PGD-AT through the training surrogate: the recipe of the first shipped csnn-mnist-at.pt (which kept
+# Madry et al.'s PGD-AT through the training surrogate: the recipe of checkpoints/csnn-mnist-at-pgd.pt (which kept
 # its last epoch; here, as for every recipe, the epoch with the best validation-suite accuracy is kept)
 recipe[pgd-at]="--hidden 256 --epochs 8 --adv pgd --adv-steps 10"
 # TRADES (beta 6) with its usual PGD-10 inner maximization through the training surrogate
@@ -47,6 +47,7 @@ recipe[pgd-apgd-family-wide]="--hidden 1024 --epochs 8 --adv pgd $family"
 recipe[pgd-apgd-family-wide-membrane]="--hidden 1024 --epochs 8 --readout membrane --adv pgd $family"
 # pgd-apgd-family-membrane over 20 epochs (84.54 % on the full split after 8, 0.46 points under the target; its
 # validation-suite accuracy was still rising): about 15 min an epoch on one core of a 2-core CPU, minutes on a GPU.
+# the recipe of the shipped checkpoints/csnn-mnist-at.pt (trained as 2 processes x --batch-size 128; see its card)
 recipe[pgd-apgd-family-membrane-long]="--hidden 256 --epochs 20 --readout membrane --adv pgd $family"
 
 names=("$@")

@@ -86,18 +86,41 @@ def test_headline_command_json(mnist_test):
 
 
 def test_adversarially_trained_checkpoint(mnist_test):
+    """checkpoints/csnn-mnist-at.pt: APGD-10 family crafting, membrane readout; its card's clean figure and an APGD floor."""
     from pathlib import Path
 
     path = Path(__file__).resolve().parent.parent / "checkpoints" / "csnn-mnist-at.pt"
     meta = read_checkpoint(path)
-    assert meta["recipe"]["adv"] == "pgd" and meta["recipe"]["adv_eps"] == 0.3
-    assert meta["metrics"]["test_n"] == 10000 and meta["metrics"]["test_accuracy"] >= 0.98
+    recipe = meta["recipe"]
+    assert recipe["adv"] == "pgd" and recipe["adv_eps"] == 0.3 and recipe["adv_attack"] == "apgd"
+    assert recipe["adv_gradients"] == "model,fast_sigmoid:slope=5,fast_sigmoid:slope=10,atan"
+    assert meta["config"]["readout"] == "membrane"
+    assert meta["metrics"]["test_n"] == 10000 and meta["metrics"]["test_accuracy"] >= 0.985
     model = load_model(path)
     x, y = mnist_test
-    assert evaluate_clean(model, x, y)["accuracy"] >= 0.98  # CPU re-measure (the recorded number is from the GPU)
-    res = evaluate(model, x[:200], y[:200], attacks=["pgd"], eps=[0.3])
-    assert res["results"][0]["robust_accuracy"] >= 0.75  # the standard model falls below 5 % here
+    clean = evaluate_clean(model, x, y)["accuracy"]
+    # trained on a CPU: the card's 98.86 % re-measured to the image on the AMD EPYC; within 10 images on any CPU
+    assert abs(clean - meta["metrics"]["test_accuracy"]) <= 0.001 and clean >= 0.985, clean
+    # the suite's first stage, shortened: APGD-CE through the wide surrogate (not the training surrogate alone)
+    res = evaluate(model, x[:200], y[:200], attacks=["apgd"], surrogate="fast_sigmoid:slope=5", eps=[0.3], steps=25)
+    assert res["results"][0]["robust_accuracy"] >= 0.85  # 95.0 % measured (93.0 % with 100 steps); csnn-mnist.pt: 0 %
     assert all(c["passed"] for c in res["checks"]), res["checks"]
+
+
+def test_first_adversarially_trained_checkpoint_is_kept(mnist_test):
+    """checkpoints/csnn-mnist-at-pgd.pt, the PGD-AT model of the card's history and the suite studies, still loads and scores."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "checkpoints" / "csnn-mnist-at-pgd.pt"
+    meta = read_checkpoint(path)
+    recipe = meta["recipe"]
+    assert recipe["adv"] == "pgd" and recipe["adv_eps"] == 0.3 and recipe["adv_steps"] == 10 and recipe["epochs"] == 8
+    assert meta["config"]["readout"] == "count" and round(meta["metrics"]["test_accuracy"] * 10000) == 9843  # its card
+    model = load_model(path)
+    x, y = mnist_test
+    assert evaluate_clean(model, x, y)["accuracy"] >= 0.98  # 98.47 % on a CPU (98.43 % recorded on the GPU)
+    res = evaluate(model, x[:200], y[:200], attacks=["pgd"], eps=[0.3])
+    assert res["results"][0]["robust_accuracy"] >= 0.75  # 92.0 % measured: PGD through its training surrogate
 
 
 def test_shipped_event_checkpoint_on_the_offline_synthetic_test_split(tmp_path, monkeypatch):
