@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from robust_snn import load_model
 from robust_snn.attacks import evaluate
-from robust_snn.checkpoint import default_checkpoint, read_checkpoint
+from robust_snn.checkpoint import REPO_CHECKPOINTS, default_checkpoint, read_checkpoint
 from robust_snn.cli import main
 from robust_snn.evaluation import evaluate_clean
 
@@ -32,9 +32,7 @@ def test_shipped_checkpoint_reaches_99_percent(shipped, mnist_test):
 
 def test_large_checkpoint_reaches_99_3_percent_as_its_card_says(mnist_test):
     """checkpoints/csnn-mnist-large.pt: the standard model of issue 20 (>= 99.3 % on the full test split)."""
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "checkpoints" / "csnn-mnist-large.pt"
+    path = REPO_CHECKPOINTS / "csnn-mnist-large.pt"
     meta = read_checkpoint(path)
     assert meta["recipe"]["adv"] == "none" and meta["metrics"]["test_n"] == 10000
     res = evaluate_clean(load_model(path), *mnist_test)
@@ -87,9 +85,7 @@ def test_headline_command_json(mnist_test):
 
 def test_adversarially_trained_checkpoint(mnist_test):
     """checkpoints/csnn-mnist-at.pt: APGD-10 family crafting, membrane readout; its card's clean figure and an APGD floor."""
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "checkpoints" / "csnn-mnist-at.pt"
+    path = REPO_CHECKPOINTS / "csnn-mnist-at.pt"
     meta = read_checkpoint(path)
     recipe = meta["recipe"]
     assert recipe["adv"] == "pgd" and recipe["adv_eps"] == 0.3 and recipe["adv_attack"] == "apgd"
@@ -109,9 +105,7 @@ def test_adversarially_trained_checkpoint(mnist_test):
 
 def test_first_adversarially_trained_checkpoint_is_kept(mnist_test):
     """checkpoints/csnn-mnist-at-pgd.pt, the PGD-AT model of the card's history and the suite studies, still loads and scores."""
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "checkpoints" / "csnn-mnist-at-pgd.pt"
+    path = REPO_CHECKPOINTS / "csnn-mnist-at-pgd.pt"
     meta = read_checkpoint(path)
     recipe = meta["recipe"]
     assert recipe["adv"] == "pgd" and recipe["adv_eps"] == 0.3 and recipe["adv_steps"] == 10 and recipe["epochs"] == 8
@@ -121,16 +115,15 @@ def test_first_adversarially_trained_checkpoint_is_kept(mnist_test):
     assert evaluate_clean(model, x, y)["accuracy"] >= 0.98  # 98.47 % on a CPU (98.43 % recorded on the GPU)
     res = evaluate(model, x[:200], y[:200], attacks=["pgd"], eps=[0.3])
     assert res["results"][0]["robust_accuracy"] >= 0.75  # 92.0 % measured: PGD through its training surrogate
+    assert all(c["passed"] for c in res["checks"]), res["checks"]
 
 
 def test_shipped_event_checkpoint_on_the_offline_synthetic_test_split(tmp_path, monkeypatch):
     """checkpoints/scnn-nmnist.pt: its card's accuracy on the synthetic N-MNIST test split (generated offline)."""
-    from pathlib import Path
-
     from robust_snn.data import load_split
 
     monkeypatch.setenv("ROBUST_SNN_CACHE", str(tmp_path))  # generate here, not in the user's cache
-    path = Path(__file__).resolve().parent.parent / "checkpoints" / "scnn-nmnist.pt"
+    path = REPO_CHECKPOINTS / "scnn-nmnist.pt"
     ckpt = read_checkpoint(path)
     assert ckpt["metrics"]["test_n"] == 10000 and ckpt["metrics"]["test_accuracy"] >= 0.97  # the card's figure
     model = load_model(path)
